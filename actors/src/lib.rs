@@ -1,0 +1,65 @@
+//! drainer's actor system: who owns a shutdown, who counts the work, who writes.
+//!
+//! # Map
+//!
+//! - [`supervisor`] — the **Supervisor**. Starts the DrainCoordinator and the
+//!   DbActor once, owns the shutdown triggers (signals, or any other stream of
+//!   [`ShutdownSignal`]s), sequences the shutdown — drain, close the listener,
+//!   write the final records, close the pool — and stops the System with the
+//!   exit code.
+//! - [`drain`] — the **DrainCoordinator**. The only holder of the drain state
+//!   (`Active`, `Draining`, `Stopped`), of the in-flight count and of the set
+//!   of open connections. Hands out [`Permit`]s and [`ConnGuard`]s; decides the
+//!   [`Outcome`].
+//! - [`request`] — the **RequestActor**. One per admitted unit of work: holds the
+//!   permit, does the simulated work, writes through the DbActor, replies.
+//! - [`db`] — the **DbActor**. Owns the PostgreSQL pool: schema, instance
+//!   registration, jobs, drain records; closes the pool last.
+//! - [`signals`] — turns SIGTERM / SIGINT / SIGQUIT into a stream of
+//!   [`ShutdownSignal`]s, installed before anything else happens.
+//!
+//! # Messages
+//!
+//! ```text
+//!  signals ──ShutdownSignal──▶ Supervisor ──BeginDrain / StopAdmitting / ListenerClosed / CutShort──▶ DrainCoordinator
+//!                               │   ▲                                                                   │  ▲
+//!                               │   └────────────── DrainReport (WorkDone, Quiet) ──────────────────────┘  │
+//!                               │                                                                          │
+//!                               ├──CloseListener / StopTransport──▶ transport (HTTP or stdin)            │
+//!                               └──RecordDrainBegin / RecordDrainComplete / ClosePool──▶ DbActor          │
+//!  transport ──Admit──▶ DrainCoordinator ──Permit──▶ RequestActor ──InsertJob──▶ DbActor                  │
+//!  Permit::drop ──RequestFinished──────────────────────────────────────────────────────────────────────────┤
+//!  ConnGuard::new / drop ──ConnectionOpened / ConnectionClosed─────────────────────────────────────────────┘
+//! ```
+//!
+//! # Rules that must never break
+//!
+//! 1. The in-flight count lives only in the DrainCoordinator. It goes up when
+//!    `Admit` hands out a [`Permit`] and down only when that permit is dropped —
+//!    so errors, panics and disconnected clients still count down.
+//! 2. Once the coordinator has stopped admitting, no request is admitted again:
+//!    admission and the zero check happen in the same actor, one message at a
+//!    time, so there is no window between "counted zero" and "admitted one more".
+//! 3. A job is acknowledged only after its row is committed; a request cancelled
+//!    at the drain deadline is cancelled *before* its write begins, never during.
+//! 4. The drain ends when the count reaches zero (an event, not a poll) or at the
+//!    deadline (a timer); the process exits only once the connections that
+//!    carried the answers have closed, so no answer is lost in a buffer.
+//! 5. The database pool is closed after the drain, never before.
+//! 6. The exit code comes from [`Outcome::exit_code`], and from nowhere else.
+
+#![deny(missing_docs)]
+
+pub mod db;
+pub mod drain;
+pub mod request;
+pub mod signals;
+pub mod supervisor;
+
+pub use db::{DbActor, DbError, DbSettings, Job};
+pub use drain::{
+    CancelReason, ConnGuard, ConnId, DrainCoordinator, Outcome, Permit, Phase, ShuttingDown,
+};
+pub use request::{RequestActor, WorkError};
+pub use signals::{ShutdownSignal, Signals};
+pub use supervisor::{CloseListener, Core, ShutdownSettings, StopTransport, Supervisor, Transport};
