@@ -3,6 +3,8 @@
 -- ServerInstance and DrainEvent are unquoted on purpose: PostgreSQL stores
 -- them as serverinstance and drainevent.
 
+SET LOCAL client_min_messages = warning;
+
 CREATE TABLE IF NOT EXISTS jobs (
     id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     name       text NOT NULL,

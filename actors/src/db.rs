@@ -23,7 +23,7 @@ use uuid::Uuid;
 const SCHEMA: &str = include_str!("../../sql/schema.sql");
 
 /// Serialises schema creation between instances starting at once.
-const SCHEMA_LOCK: i64 = 0x6472_6169_6e65_72;
+const SCHEMA_LOCK: i64 = 0x0064_7261_696e_6572; // "drainer"
 
 /// How to reach the database.
 pub struct DbSettings {
@@ -386,10 +386,7 @@ impl DbActor {
         let inflight = i32::try_from(inflight).unwrap_or(i32::MAX);
         Box::pin(async move {
             let mut client = pool.get().await.map_err(|e| redactor.pool(e))?;
-            let tx = client
-                .transaction()
-                .await
-                .map_err(|e| redactor.query(e))?;
+            let tx = client.transaction().await.map_err(|e| redactor.query(e))?;
             tx.execute(update, &[&instance, &inflight])
                 .await
                 .map_err(|e| redactor.query(e))?;

@@ -151,8 +151,7 @@ impl Supervisor {
         F: FnOnce(&Core) -> Transport,
     {
         Supervisor::create(move |ctx| {
-            let coordinator =
-                DrainCoordinator::new(ctx.address().recipient(), settings.linger());
+            let coordinator = DrainCoordinator::new(ctx.address().recipient(), settings.linger());
             let phase = coordinator.subscribe();
             let core = Core {
                 coordinator: coordinator.start(),
@@ -195,7 +194,10 @@ impl Supervisor {
         if delay.is_zero() {
             self.close_listener(ctx);
         } else {
-            info!("serving for {} ms more before closing the listener", delay.as_millis());
+            info!(
+                "serving for {} ms more before closing the listener",
+                delay.as_millis()
+            );
             let timer = ctx.run_later(delay, |act, ctx| act.close_listener(ctx));
             if let Stage::Draining { delay, .. } = &mut self.stage {
                 *delay = Some(timer);
@@ -225,7 +227,9 @@ impl Supervisor {
             async move {
                 match closed.await {
                     Ok(0) => info!("listener closed"),
-                    Ok(n) => info!("listener closed; {n} queued connection(s) accepted to be answered"),
+                    Ok(n) => {
+                        info!("listener closed; {n} queued connection(s) accepted to be answered")
+                    }
                     Err(_) => info!("listener already gone"),
                 }
                 coordinator.do_send(ListenerClosed { idle_grace });

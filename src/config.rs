@@ -1,0 +1,184 @@
+//! Configuration: command-line flags with environment fallbacks (clap).
+//!
+//! Every setting has a flag and an environment variable; the flag wins. The
+//! database URL is wrapped in [`DatabaseUrl`], whose `Debug` and `Display`
+//! never show it, and `--help` never prints its value.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+
+const AFTER_HELP: &str = "\
+Logging: RUST_LOG (env_logger syntax, default \"info\"), to stderr.
+
+Shutdown (see README):
+  SIGTERM  starts the graceful drain; later SIGTERMs are logged and ignored
+  SIGINT   the first starts the graceful drain; a second one cuts it short
+  SIGQUIT  cuts the drain short at once
+
+Exit codes:
+  0  the drain completed: every admitted request got its real answer
+  1  the drain was cut short (DRAIN_TIMEOUT_MS, a second SIGINT, or SIGQUIT)
+  2  start-up failed (invalid configuration, port in use, database unreachable)";
+
+/// drainer: an HTTP service that drains in-flight work on shutdown and loses nothing.
+#[derive(Debug, Parser)]
+#[command(name = "drainer", version, about, after_help = AFTER_HELP)]
+pub struct Config {
+    /// TCP port to listen on (0 picks a free port; the log says which).
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// Address to listen on.
+    #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+
+    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/db (required). Its password is never logged.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<DatabaseUrl>,
+
+    /// The `host` of this instance's ServerInstance row [default: the machine's hostname].
+    #[arg(long, env = "INSTANCE_HOST")]
+    pub instance_host: Option<String>,
+
+    /// Once the listener has closed, how long in-flight requests may still run before they are cancelled (ms).
+    #[arg(long, env = "DRAIN_TIMEOUT_MS", default_value_t = 30_000)]
+    pub drain_timeout_ms: u64,
+
+    /// After a shutdown signal, how long to keep serving (health answers 503) before closing the listener (ms).
+    #[arg(long, env = "SHUTDOWN_DELAY_MS", default_value_t = 0)]
+    pub shutdown_delay_ms: u64,
+
+    /// How long start-up keeps trying to reach the database before it gives up with exit code 2 (ms).
+    #[arg(long, env = "DB_CONNECT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub db_connect_timeout_ms: u64,
+
+    /// How long connections may stay open, idle, after the listener closed before they are closed (ms).
+    #[arg(long, env = "IDLE_CLOSE_GRACE_MS", default_value_t = 100)]
+    pub idle_close_grace_ms: u64,
+
+    /// HTTP worker threads [default: the number of CPUs].
+    #[arg(long, env = "WORKERS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: Option<u16>,
+
+    /// The most database connections the pool opens.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub db_pool_size: u16,
+}
+
+impl Config {
+    /// The drain deadline.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// The shutdown delay.
+    pub fn shutdown_delay(&self) -> Duration {
+        Duration::from_millis(self.shutdown_delay_ms)
+    }
+
+    /// The database connect timeout.
+    pub fn db_connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_connect_timeout_ms)
+    }
+
+    /// The idle-connection grace.
+    pub fn idle_close_grace(&self) -> Duration {
+        Duration::from_millis(self.idle_close_grace_ms)
+    }
+
+    /// Worker threads: the flag, or one per CPU.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            Some(n) => usize::from(n),
+            None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+
+    /// The ServerInstance host: the flag, or the machine's hostname.
+    pub fn instance_host(&self) -> String {
+        self.instance_host.clone().unwrap_or_else(hostname)
+    }
+}
+
+/// A database URL. It carries a password, so it never prints.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL itself, for the database driver only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Infallible> {
+        Ok(DatabaseUrl(s.to_string()))
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DatabaseUrl(<redacted>)")
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The machine's hostname, or "localhost" if it cannot be read.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".to_string();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(name) if !name.is_empty() => name.to_string(),
+        _ => "localhost".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_readme() {
+        let c = Config::try_parse_from(["drainer"]).expect("defaults parse");
+        assert_eq!(c.port, 3000);
+        assert_eq!(c.drain_timeout_ms, 30_000);
+        assert_eq!(c.shutdown_delay_ms, 0);
+        assert_eq!(c.db_connect_timeout_ms, 10_000);
+        assert_eq!(c.idle_close_grace_ms, 100);
+        assert_eq!(c.db_pool_size, 16);
+    }
+
+    #[test]
+    fn database_url_never_prints() {
+        let c = Config::try_parse_from([
+            "drainer",
+            "--database-url",
+            "postgres://u:hunter2@db:5432/x",
+        ])
+        .expect("parses");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(
+            c.database_url.expect("set").expose(),
+            "postgres://u:hunter2@db:5432/x"
+        );
+    }
+}

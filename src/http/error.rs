@@ -1,0 +1,102 @@
+//! The one place where errors become HTTP responses.
+//!
+//! Every error a client can see is an [`ApiError`]; each variant maps to one
+//! status and a JSON body `{"error": "<what is wrong>"}`. Internal details
+//! (database messages, mailbox failures) go to the log, never to the client.
+
+use actix_web::error::JsonPayloadError;
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use drainer_actors::{CancelReason, WorkError};
+
+/// The largest request body accepted, in bytes.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// See the module documentation.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not well-formed JSON.
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// Well-formed JSON that breaks the contract.
+    #[error("{0}")]
+    Invalid(String),
+    /// The body is over [`MAX_BODY`].
+    #[error("request body is larger than 65536 bytes")]
+    PayloadTooLarge,
+    /// The body is not declared as JSON.
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    /// The body could not be read.
+    #[error("could not read the request body")]
+    BadPayload,
+    /// No such path.
+    #[error("not found")]
+    NotFound,
+    /// The path exists, the method does not.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A drain has begun: the request was not processed.
+    #[error("server_shutting_down")]
+    ShuttingDown,
+    /// The work was cancelled at its safe point; nothing was written.
+    #[error("{0}")]
+    Cancelled(CancelReason),
+    /// Something on our side failed; the job may not have been stored.
+    #[error("internal error: the job was not stored")]
+    Internal,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) | ApiError::BadPayload => StatusCode::BAD_REQUEST,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::ShuttingDown | ApiError::Cancelled(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code())
+            .json(serde_json::json!({ "error": self.to_string() }))
+    }
+}
+
+impl From<JsonPayloadError> for ApiError {
+    fn from(e: JsonPayloadError) -> Self {
+        match e {
+            JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
+            JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+                ApiError::PayloadTooLarge
+            }
+            JsonPayloadError::Deserialize(e) | JsonPayloadError::Serialize(e) => {
+                ApiError::MalformedJson(e.to_string())
+            }
+            _ => ApiError::BadPayload,
+        }
+    }
+}
+
+impl From<WorkError> for ApiError {
+    fn from(e: WorkError) -> Self {
+        match e {
+            WorkError::Cancelled(reason) => ApiError::Cancelled(reason),
+            other => {
+                log::error!("POST /work failed: {other}");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+impl From<actix::MailboxError> for ApiError {
+    fn from(e: actix::MailboxError) -> Self {
+        log::error!("an actor did not answer: {e}");
+        ApiError::Internal
+    }
+}

@@ -1,0 +1,136 @@
+//! `POST /work`: validate, ask to be admitted, hand the work to a RequestActor.
+
+use std::time::Duration;
+
+use actix::Actor;
+use actix_web::{web, HttpRequest, HttpResponse};
+use drainer_actors::drain::Admit;
+use drainer_actors::request::Process;
+use drainer_actors::{ConnId, Core, RequestActor};
+use serde_json::Value;
+
+use super::error::ApiError;
+
+/// The longest simulated processing time accepted, in ms.
+pub const MAX_LATENCY_MS: u64 = 600_000;
+
+/// The longest name accepted, in characters.
+pub const MAX_NAME_CHARS: usize = 1000;
+
+/// A valid request body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NewJob {
+    /// The job's name: a non-blank string of at most 1000 characters.
+    pub name: String,
+    /// The simulated processing time.
+    pub latency: Duration,
+}
+
+impl TryFrom<Value> for NewJob {
+    type Error = ApiError;
+
+    fn try_from(body: Value) -> Result<Self, ApiError> {
+        let invalid = |msg: &str| ApiError::Invalid(msg.to_string());
+        let Value::Object(mut body) = body else {
+            return Err(invalid("the body must be a JSON object"));
+        };
+        let name = match body.remove("name") {
+            None | Some(Value::Null) => return Err(invalid("name is required")),
+            Some(Value::String(name)) => name,
+            Some(_) => return Err(invalid("name must be a string")),
+        };
+        if name.trim().is_empty() {
+            return Err(invalid("name must not be empty"));
+        }
+        if name.chars().count() > MAX_NAME_CHARS {
+            return Err(invalid("name must be at most 1000 characters"));
+        }
+        let latency_ms = match body.remove("latency_ms") {
+            None | Some(Value::Null) => 0,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(ms) if ms <= MAX_LATENCY_MS => ms,
+                _ => return Err(invalid("latency_ms must be an integer from 0 to 600000")),
+            },
+            Some(_) => return Err(invalid("latency_ms must be an integer from 0 to 600000")),
+        };
+        Ok(NewJob {
+            name,
+            latency: Duration::from_millis(latency_ms),
+        })
+    }
+}
+
+/// Validates, is admitted (or answered 503), runs the work, answers 201.
+pub async fn post_work(
+    req: HttpRequest,
+    body: web::Json<Value>,
+    core: web::Data<Core>,
+) -> Result<HttpResponse, ApiError> {
+    let job = NewJob::try_from(body.into_inner())?;
+    let conn = req.conn_data::<ConnId>().copied();
+    let permit = core
+        .coordinator
+        .send(Admit { conn })
+        .await?
+        .map_err(|_| ApiError::ShuttingDown)?;
+    let stored = RequestActor::new(permit, core.db.clone())
+        .start()
+        .send(Process {
+            name: job.name,
+            latency: job.latency,
+        })
+        .await??;
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "id": stored.id.to_string(),
+        "name": stored.name,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn err(v: Value) -> String {
+        NewJob::try_from(v).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn accepts_name_and_optional_latency() {
+        assert_eq!(
+            NewJob::try_from(json!({"name": "a"})).unwrap(),
+            NewJob {
+                name: "a".into(),
+                latency: Duration::ZERO
+            }
+        );
+        assert_eq!(
+            NewJob::try_from(json!({"name": "a", "latency_ms": 600000})).unwrap(),
+            NewJob {
+                name: "a".into(),
+                latency: Duration::from_secs(600)
+            }
+        );
+        let long = "é".repeat(1000);
+        assert!(NewJob::try_from(json!({ "name": long })).is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_fields_with_a_reason() {
+        assert_eq!(err(json!({})), "name is required");
+        assert_eq!(err(json!({"name": null})), "name is required");
+        assert_eq!(err(json!({"name": 5})), "name must be a string");
+        assert_eq!(err(json!({"name": ""})), "name must not be empty");
+        assert_eq!(err(json!({"name": "  "})), "name must not be empty");
+        assert_eq!(
+            err(json!({"name": "x".repeat(1001)})),
+            "name must be at most 1000 characters"
+        );
+        let bad_latency = "latency_ms must be an integer from 0 to 600000";
+        assert_eq!(err(json!({"name": "a", "latency_ms": -1})), bad_latency);
+        assert_eq!(err(json!({"name": "a", "latency_ms": 1.5})), bad_latency);
+        assert_eq!(err(json!({"name": "a", "latency_ms": "5"})), bad_latency);
+        assert_eq!(err(json!({"name": "a", "latency_ms": 600001})), bad_latency);
+        assert_eq!(err(json!([1])), "the body must be a JSON object");
+    }
+}

@@ -1,0 +1,21 @@
+//! drainer's transports: the binary's side of the actor system.
+//!
+//! # Map
+//!
+//! - [`startup`] — signals first, then configuration, the port, the database,
+//!   and the actors; every failure there is exit code 2.
+//! - [`config`] — flags with environment fallbacks (clap); the database URL
+//!   never prints.
+//! - [`server`] — the HTTP transport: drainer's own accept loop (so the
+//!   coordinator knows every connection, and the listener closes without
+//!   resetting queued clients) feeding actix-web workers.
+//! - [`http`] — the routes, the drain-policy middleware, and the one error
+//!   type that becomes every JSON error response.
+//!
+//! The actors themselves — Supervisor, DrainCoordinator, RequestActor, DbActor
+//! — live in the `drainer-actors` crate, which knows nothing of HTTP.
+
+pub mod config;
+pub mod http;
+pub mod server;
+pub mod startup;

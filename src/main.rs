@@ -1,0 +1,5 @@
+//! `drainer`: see the README, or `drainer --help`.
+
+fn main() {
+    std::process::exit(drainer::startup::run());
+}

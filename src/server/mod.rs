@@ -1,0 +1,241 @@
+//! The HTTP transport: drainer's own accept loop feeding actix-web workers.
+//!
+//! actix-web's `HttpServer` decides on its own when connections close and when
+//! the process stops (its graceful stop polls once a second and closes idle
+//! connections at once). drainer needs the DrainCoordinator to decide, so it
+//! runs the same actix-web `App` through actix-http's `H1Service` on worker
+//! threads of its own and keeps the socket-level decisions here:
+//!
+//! - the accept loop (on the System arbiter) registers each connection with
+//!   the coordinator ([`ConnGuard`]) before handing it to a worker, so the
+//!   coordinator knows every open connection;
+//! - each worker serves its connections until the client or the server closes
+//!   them, or until the coordinator asks for them to be closed;
+//! - [`CloseListener`] closes the listener without resetting queued clients
+//!   (see [`listener`]).
+
+pub mod listener;
+mod stream;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix::{Actor, Addr, Context, Handler, ResponseFuture};
+use actix_rt::Arbiter;
+use actix_service::{map_config, Service, ServiceFactory};
+use actix_web::dev::AppConfig;
+use drainer_actors::{CloseListener, ConnGuard, Core, DrainCoordinator, StopTransport, Transport};
+use log::{error, info};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::http;
+use stream::TrackedStream;
+
+/// How long a new connection may take to send its first request.
+const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long an idle keep-alive connection stays open while serving normally.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// A connection on its way to a worker.
+struct Conn {
+    stream: std::net::TcpStream,
+    guard: ConnGuard,
+    /// Fires when the coordinator wants this connection closed.
+    close: oneshot::Receiver<()>,
+}
+
+/// Starts the workers and the accept loop; answers how the Supervisor reaches them.
+pub fn start(listener: TcpListener, core: &Core, workers: usize) -> Transport {
+    let mut arbiters = Vec::with_capacity(workers);
+    let mut queues = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let arbiter = Arbiter::new();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let core = core.clone();
+        // The App is not Send: it is built on the worker thread itself.
+        arbiter.spawn_fn(move || {
+            actix_rt::spawn(worker(core, rx));
+        });
+        arbiters.push(arbiter);
+        queues.push(tx);
+    }
+    let (close_tx, close_rx) = oneshot::channel();
+    let dispatcher = Dispatcher {
+        coordinator: core.coordinator.clone(),
+        workers: queues,
+        next: 0,
+    };
+    actix_rt::spawn(accept_loop(listener, close_rx, dispatcher));
+    let actor = HttpTransport {
+        close: Some(close_tx),
+        workers: arbiters,
+    }
+    .start();
+    Transport {
+        close_listener: actor.clone().recipient(),
+        stop: actor.recipient(),
+    }
+}
+
+/// Hands accepted connections to the workers, round robin.
+struct Dispatcher {
+    coordinator: Addr<DrainCoordinator>,
+    workers: Vec<mpsc::UnboundedSender<Conn>>,
+    next: usize,
+}
+
+impl Dispatcher {
+    fn dispatch(&mut self, stream: std::net::TcpStream) {
+        // Registered here, on the accept loop, so the coordinator hears of the
+        // connection before it hears that the listener closed.
+        let (guard, close) = ConnGuard::register(&self.coordinator);
+        let mut conn = Conn {
+            stream,
+            guard,
+            close,
+        };
+        for _ in 0..self.workers.len() {
+            let i = self.next % self.workers.len();
+            self.next = self.next.wrapping_add(1);
+            match self.workers[i].send(conn) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(back)) => conn = back,
+            }
+        }
+        error!("no worker is running: connection dropped");
+    }
+}
+
+/// Accepts until told to close the listener.
+async fn accept_loop(
+    listener: TcpListener,
+    mut close: oneshot::Receiver<oneshot::Sender<usize>>,
+    mut dispatcher: Dispatcher,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            reply = &mut close => {
+                let taken = match listener.into_std() {
+                    Ok(std) => listener::close_gracefully(std, |s| dispatcher.dispatch(s)),
+                    Err(e) => {
+                        error!("cannot take back the listener to close it: {e}");
+                        0
+                    }
+                };
+                if let Ok(reply) = reply {
+                    let _ = reply.send(taken);
+                }
+                return;
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => match stream.into_std() {
+                    Ok(stream) => dispatcher.dispatch(stream),
+                    Err(e) => info!("accepted connection unusable: {e}"),
+                },
+                Err(e) => accept_error(e).await,
+            },
+        }
+    }
+}
+
+/// A failed accept: the peer's problem is ignored; running out of file
+/// descriptors is logged and retried shortly.
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock => {}
+        _ => {
+            error!("accept failed: {e}; retrying in 100 ms");
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// One worker thread: builds the App once, then serves each connection it is handed.
+async fn worker(core: Core, mut conns: mpsc::UnboundedReceiver<Conn>) {
+    let factory = actix_http::HttpService::build()
+        .keep_alive(KEEP_ALIVE)
+        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+        .on_connect_ext(|io: &TrackedStream, ext| {
+            ext.insert(io.conn_id());
+        })
+        .h1(map_config(http::app(core), |_| AppConfig::default()));
+    let service = match factory.new_service(()).await {
+        Ok(service) => Rc::new(service),
+        Err(()) => {
+            error!("worker could not build the HTTP service");
+            return;
+        }
+    };
+    while let Some(conn) = conns.recv().await {
+        actix_rt::spawn(serve(service.clone(), conn));
+    }
+}
+
+/// Serves one connection until it closes or the coordinator closes it.
+async fn serve<S>(service: Rc<S>, conn: Conn)
+where
+    S: Service<(TrackedStream, Option<SocketAddr>)>,
+{
+    let Conn {
+        stream,
+        guard,
+        close,
+    } = conn;
+    let peer = stream.peer_addr().ok();
+    let prepared = stream
+        .set_nonblocking(true)
+        .and_then(|()| stream.set_nodelay(true))
+        .and_then(|()| tokio::net::TcpStream::from_std(stream));
+    let io = match prepared {
+        Ok(io) => TrackedStream::new(io, guard),
+        Err(e) => {
+            info!("connection dropped before serving: {e}");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = service.call((io, peer)) => {}
+        // Dropping the dispatcher closes the socket and drops the guard.
+        _ = close => {}
+    }
+}
+
+/// The actor the Supervisor talks to.
+struct HttpTransport {
+    /// Taken by the first [`CloseListener`].
+    close: Option<oneshot::Sender<oneshot::Sender<usize>>>,
+    workers: Vec<Arbiter>,
+}
+
+impl Actor for HttpTransport {
+    type Context = Context<Self>;
+}
+
+impl Handler<CloseListener> for HttpTransport {
+    type Result = ResponseFuture<usize>;
+
+    /// Asks the accept loop to close the listener; answers once it has.
+    fn handle(&mut self, _: CloseListener, _: &mut Context<Self>) -> Self::Result {
+        let (reply, taken) = oneshot::channel();
+        if let Some(close) = self.close.take() {
+            let _ = close.send(reply);
+        }
+        Box::pin(async move { taken.await.unwrap_or(0) })
+    }
+}
+
+impl Handler<StopTransport> for HttpTransport {
+    type Result = ();
+
+    /// Stops the worker threads.
+    fn handle(&mut self, _: StopTransport, _: &mut Context<Self>) {
+        for worker in self.workers.drain(..) {
+            worker.stop();
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Start-up: signals first, then configuration, the port, the database, and
+//! the actors. Every failure here is exit code 2 with one line on stderr.
+
+use std::io;
+use std::net::SocketAddr;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+use drainer_actors::{DbActor, DbError, DbSettings, ShutdownSettings, Signals, Supervisor};
+use futures_util::StreamExt;
+use log::info;
+
+use crate::config::Config;
+use crate::server;
+
+/// Exit code of a start-up failure.
+pub const EXIT_STARTUP: i32 = 2;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The configuration cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Another process holds the port.
+    #[error("port {port} is already in use (another drainer running?)")]
+    PortInUse {
+        /// The port asked for.
+        port: u16,
+    },
+    /// The port could not be bound for another reason.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The database is unreachable or refused us.
+    #[error("{0}")]
+    Database(DbError),
+    /// The signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(io::Error),
+}
+
+/// How start-up ended, when it did not fail.
+enum Started {
+    /// Serving; the Supervisor owns the shutdown now.
+    Serving,
+    /// A shutdown signal came before anything was served.
+    Interrupted(drainer_actors::ShutdownSignal),
+}
+
+/// Runs drainer from the command line; answers the process exit code.
+pub fn run() -> i32 {
+    let system = actix_rt::System::new();
+    // First of all: from here on a SIGTERM is queued for the Supervisor
+    // instead of killing the process.
+    let signals = match system.block_on(async { Signals::install() }) {
+        Ok(signals) => signals,
+        Err(e) => return fail(StartupError::Signals(e)),
+    };
+    let config = match Config::try_parse() {
+        Ok(config) => config,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return 0;
+        }
+        Err(e) => {
+            // clap's message, without its usage hints: one line.
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            let line = line.trim_start_matches("error: ");
+            return fail(StartupError::Config(line.to_string()));
+        }
+    };
+    init_logging();
+    match system.block_on(start(config, signals)) {
+        Ok(Started::Serving) => {}
+        Ok(Started::Interrupted(signal)) => {
+            info!("{signal} during start-up: stopping before serving anything");
+            info!("exited with code 0");
+            return 0;
+        }
+        Err(e) => return fail(e),
+    }
+    match system.run_with_code() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("drainer: the actor system failed: {e}");
+            1
+        }
+    }
+}
+
+fn fail(e: StartupError) -> i32 {
+    eprintln!("drainer: {e}");
+    EXIT_STARTUP
+}
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+}
+
+/// Binds the port, opens the database, registers, and launches the actors.
+async fn start(config: Config, mut signals: Signals) -> Result<Started, StartupError> {
+    let url = config
+        .database_url
+        .clone()
+        .ok_or_else(|| StartupError::Config("DATABASE_URL is not set".into()))?;
+    let addr = SocketAddr::new(config.bind_address, config.port);
+    // The port first: a second instance that cannot have it must never touch
+    // the live instance's ServerInstance row.
+    let listener = server::listener::bind(addr).map_err(|source| match source.kind() {
+        io::ErrorKind::AddrInUse => StartupError::PortInUse { port: config.port },
+        _ => StartupError::Bind { addr, source },
+    })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartupError::Bind { addr, source })?;
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .map_err(|source| StartupError::Bind { addr, source })?;
+
+    let settings = DbSettings {
+        url: url.expose().to_string(),
+        connect_timeout: config.db_connect_timeout(),
+        pool_size: usize::from(config.db_pool_size),
+    };
+    let host = config.instance_host();
+    let db = tokio::select! {
+        db = DbActor::open(&settings, &host, local.port()) => db.map_err(|e| match e {
+            DbError::InvalidUrl => StartupError::Config(e.to_string()),
+            e => StartupError::Database(e),
+        })?,
+        Some(signal) = signals.next() => return Ok(Started::Interrupted(signal)),
+    };
+
+    let shutdown = ShutdownSettings {
+        shutdown_delay: config.shutdown_delay(),
+        drain_timeout: config.drain_timeout(),
+        idle_grace: config.idle_close_grace(),
+    };
+    let workers = config.worker_count();
+    Supervisor::launch(shutdown, db, signals, |core| {
+        server::start(listener, core, workers)
+    });
+    info!("listening on {local} with {workers} worker(s)");
+    Ok(Started::Serving)
+}
