@@ -111,6 +111,14 @@ async fn start(config: Config, mut signals: Signals) -> Result<Started, StartupE
         .database_url
         .clone()
         .ok_or_else(|| StartupError::Config("DATABASE_URL is not set".into()))?;
+    let settings = DbSettings {
+        url: url.expose().to_string(),
+        connect_timeout: config.db_connect_timeout(),
+        pool_size: usize::from(config.db_pool_size),
+    };
+    settings
+        .check()
+        .map_err(|e| StartupError::Config(e.to_string()))?;
     let addr = SocketAddr::new(config.bind_address, config.port);
     // The port first: a second instance that cannot have it must never touch
     // the live instance's ServerInstance row.
@@ -124,11 +132,6 @@ async fn start(config: Config, mut signals: Signals) -> Result<Started, StartupE
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|source| StartupError::Bind { addr, source })?;
 
-    let settings = DbSettings {
-        url: url.expose().to_string(),
-        connect_timeout: config.db_connect_timeout(),
-        pool_size: usize::from(config.db_pool_size),
-    };
     let host = config.instance_host();
     let db = tokio::select! {
         db = DbActor::open(&settings, &host, local.port()) => db.map_err(|e| match e {

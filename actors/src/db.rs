@@ -35,6 +35,16 @@ pub struct DbSettings {
     pub pool_size: usize,
 }
 
+impl DbSettings {
+    /// Checks that the URL parses, without connecting.
+    pub fn check(&self) -> Result<(), DbError> {
+        self.url
+            .parse::<tokio_postgres::Config>()
+            .map(|_| ())
+            .map_err(|_| DbError::InvalidUrl)
+    }
+}
+
 impl fmt::Debug for DbSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DbSettings")

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle};
-use log::info;
+use log::{debug, info};
 use tokio::sync::{oneshot, watch};
 
 // ----------------------------------------------------------------------------
@@ -622,6 +622,7 @@ impl Handler<Admit> for DrainCoordinator {
         if let Some(conn) = msg.conn.and_then(|c| self.connections.get_mut(&c)) {
             conn.requests += 1;
         }
+        debug!("admitted request {id}; {} in flight", self.requests.len());
         Ok(Permit {
             id,
             cancel: cancel_rx,

@@ -1,0 +1,473 @@
+//! Shared helpers for the integration tests: a throwaway database per test,
+//! the real `drainer` binary on a free port, a small HTTP/1.1 client that
+//! shows exactly what came over the wire, and bounded waits.
+//!
+//! The tests need `DATABASE_URL` to point at a PostgreSQL server where they may
+//! create databases; `make test` starts a throwaway cluster and sets it.
+
+#![allow(dead_code)]
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long any single wait in a test may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+// ----------------------------------------------------------------------------
+// Database
+// ----------------------------------------------------------------------------
+
+/// The server the tests create their databases in.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL").expect(
+        "DATABASE_URL is not set: run the tests with `make test`, which starts a throwaway PostgreSQL",
+    )
+}
+
+/// A database of its own for one test, dropped afterwards.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub fn create() -> TestDb {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "drainer_t_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let admin = admin_url();
+        let mut client = postgres::Client::connect(&admin, postgres::NoTls)
+            .expect("connect to the test PostgreSQL (DATABASE_URL)");
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create a test database");
+        let url = with_database(&admin, &name);
+        TestDb { name, url }
+    }
+
+    /// The URL with a password added (trust auth ignores it).
+    pub fn url_with_password(&self, password: &str) -> String {
+        self.url.replacen(
+            "postgres://postgres@",
+            &format!("postgres://postgres:{password}@"),
+            1,
+        )
+    }
+
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls).expect("connect to the test database")
+    }
+
+    /// Rows of a query whose columns are all cast to text.
+    pub fn rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        let mut client = self.client();
+        client
+            .query(sql, &[])
+            .expect("query")
+            .iter()
+            .map(|row| {
+                (0..row.len())
+                    .map(|i| row.get::<_, Option<String>>(i))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// A single text value.
+    pub fn value(&self, sql: &str) -> Option<String> {
+        let rows = self.rows(sql);
+        assert_eq!(rows.len(), 1, "expected one row from {sql}, got {rows:?}");
+        rows[0][0].clone()
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        self.value(sql).expect("a count").parse().expect("a number")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut c) = postgres::Client::connect(&admin_url(), postgres::NoTls) {
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// `url` with its database name replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    format!("{base}/{name}{query}")
+}
+
+// ----------------------------------------------------------------------------
+// The server process
+// ----------------------------------------------------------------------------
+
+/// The real binary, started on a free port.
+pub struct Server {
+    child: Option<Child>,
+    pub pid: i32,
+    pub port: u16,
+    log: Arc<Mutex<String>>,
+    lines: mpsc::Receiver<String>,
+    exit: Option<mpsc::Receiver<(io::Result<ExitStatus>, Instant)>>,
+    /// Reads stderr until the process closes it.
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+/// Starts `drainer` with `env` (plus PORT=0 and RUST_LOG) without waiting.
+pub fn spawn(env: &[(&str, &str)]) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_drainer"));
+    cmd.env_remove("DATABASE_URL")
+        .env("PORT", "0")
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("RUST_LOG", "info,drainer_actors::drain=debug")
+        .env("INSTANCE_HOST", "test-host")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn the drainer binary");
+    let pid = child.id() as i32;
+    let stderr = child.stderr.take().expect("piped stderr");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, lines) = mpsc::channel();
+    let sink = log.clone();
+    let reader = thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            sink.lock().unwrap().push_str(&line);
+            sink.lock().unwrap().push('\n');
+            let _ = tx.send(line);
+        }
+    });
+    Server {
+        child: Some(child),
+        pid,
+        port: 0,
+        log,
+        lines,
+        exit: None,
+        reader: Some(reader),
+    }
+}
+
+impl Server {
+    /// Starts `drainer` against `db` and waits until it listens.
+    pub fn start(db: &TestDb, env: &[(&str, &str)]) -> Server {
+        let mut all = vec![("DATABASE_URL", db.url.as_str())];
+        all.extend_from_slice(env);
+        let mut server = spawn(&all);
+        let line = server.wait_for_log("listening on");
+        let port = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|addr| addr.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        server.port = port;
+        server
+    }
+
+    /// Waits for a log line containing `needle` (lines already seen count too).
+    pub fn wait_for_log(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
+            return line.to_string();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "no log line with {needle:?} within {PATIENCE:?}; log so far:\n{}",
+                    self.log()
+                ),
+            }
+        }
+    }
+
+    /// Waits until the coordinator has admitted `n` requests in total.
+    pub fn wait_admitted(&mut self, n: usize) {
+        self.wait_for_log(&format!("admitted request {n};"));
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) with our own child's pid.
+        let rc = unsafe { libc::kill(self.pid, sig) };
+        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.pid);
+    }
+
+    fn exit_channel(&mut self) -> &mpsc::Receiver<(io::Result<ExitStatus>, Instant)> {
+        if self.exit.is_none() {
+            let mut child = self.child.take().expect("child still owned");
+            let (tx, rx) = mpsc::channel();
+            thread::spawn(move || {
+                let status = child.wait();
+                let _ = tx.send((status, Instant::now()));
+            });
+            self.exit = Some(rx);
+        }
+        self.exit.as_ref().expect("exit channel")
+    }
+
+    /// Waits for the process to exit (bounded); answers its code and when it exited.
+    pub fn wait_exit(&mut self, within: Duration) -> (i32, Instant) {
+        let pid = self.pid;
+        match self.exit_channel().recv_timeout(within) {
+            Ok((Ok(status), at)) => {
+                let code = status
+                    .code()
+                    .unwrap_or_else(|| panic!("drainer died by a signal: {status:?}"));
+                // The pid is reaped: never signal it again.
+                self.pid = -1;
+                // Every line it wrote is in the log once stderr is closed.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
+                (code, at)
+            }
+            Ok((Err(e), _)) => panic!("waiting for drainer failed: {e}"),
+            Err(_) => {
+                // SAFETY: kill(2) on our own child, which has not been reaped.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!(
+                    "drainer did not exit within {within:?}; log:\n{}",
+                    self.log()
+                )
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        } else if self.pid > 0 {
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// A small HTTP/1.1 client
+// ----------------------------------------------------------------------------
+
+/// A response as it came over the wire.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub at: Instant,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// One keep-alive connection.
+pub struct Client {
+    stream: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> io::Result<Client> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(PATIENCE))?;
+        stream.set_write_timeout(Some(PATIENCE))?;
+        stream.set_nodelay(true)?;
+        Ok(Client {
+            stream: BufReader::new(stream),
+        })
+    }
+
+    /// Sends a request; `content_type` None sends no Content-Type header.
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> io::Result<()> {
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if let Some(ct) = content_type {
+            head.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        head.push_str("\r\n");
+        let stream = self.stream.get_mut();
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(body)?;
+        stream.flush()
+    }
+
+    /// Reads one response (Content-Length framed).
+    pub fn read(&mut self) -> io::Result<Response> {
+        let mut status_line = String::new();
+        if self.stream.read_line(&mut status_line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before a response",
+            ));
+        }
+        let status = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, status_line.clone()))?;
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            self.stream.read_line(&mut line)?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        self.stream.read_exact(&mut body)?;
+        Ok(Response {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            at: Instant::now(),
+        })
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> io::Result<Response> {
+        self.send(method, path, content_type, body)?;
+        self.read()
+    }
+
+    pub fn post_work(&mut self, body: &str) -> io::Result<Response> {
+        self.request("POST", "/work", Some("application/json"), body.as_bytes())
+    }
+
+    /// True when the server has closed the connection (EOF), within `within`.
+    pub fn closed_by_server(&mut self, within: Duration) -> bool {
+        let _ = self.stream.get_ref().set_read_timeout(Some(within));
+        let mut byte = [0u8; 1];
+        matches!(self.stream.get_mut().read(&mut byte), Ok(0))
+    }
+
+    pub fn shutdown(&mut self) {
+        let _ = self.stream.get_ref().shutdown(Shutdown::Both);
+    }
+}
+
+/// One request on a fresh connection.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Response {
+    let mut client = Client::connect(port).expect("connect");
+    client
+        .request(method, path, content_type, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+pub fn post_work(port: u16, body: &str) -> Response {
+    request(
+        port,
+        "POST",
+        "/work",
+        Some("application/json"),
+        body.as_bytes(),
+    )
+}
+
+pub fn get(port: u16, path: &str) -> Response {
+    request(port, "GET", path, None, b"")
+}
+
+/// A POST /work sent now on its own connection, answered on a thread.
+pub fn post_work_async(port: u16, body: &str) -> thread::JoinHandle<io::Result<Response>> {
+    let mut client = Client::connect(port).expect("connect");
+    client
+        .send("POST", "/work", Some("application/json"), body.as_bytes())
+        .expect("send");
+    thread::spawn(move || client.read())
+}
+
+/// A free port nobody listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Lines at WARN or ERROR level in env_logger's format.
+pub fn warnings(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect()
+}
