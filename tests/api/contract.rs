@@ -69,7 +69,9 @@ fn bad_input_gets_a_json_error_and_the_server_keeps_serving() {
     let huge = format!(r#"{{"name":"{}"}}"#, "x".repeat(70 * 1024));
     let latency = r#"{"error":"latency_ms must be an integer from 0 to 600000"}"#;
 
-    let cases: Vec<(&str, &str, Option<&str>, &[u8], u16, &str)> = vec![
+    // (method, path, content type, body, status, exact body)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a [u8], u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/work",
