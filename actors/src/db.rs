@@ -205,8 +205,9 @@ impl DbActor {
             .build()
             .map_err(|e| redactor.query(e))?;
 
-        let client = first_connection(&pool, &redactor, &target, settings.connect_timeout).await?;
-        let mut client = client;
+        info!("connecting to the database at {target}");
+        let mut client =
+            first_connection(&pool, &redactor, &target, settings.connect_timeout).await?;
         let tx = client.transaction().await.map_err(|e| redactor.query(e))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
             .await

@@ -62,3 +62,45 @@ pub fn close_gracefully(listener: TcpListener, mut take: impl FnMut(TcpStream)) 
     drop(socket);
     taken
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    /// Clients whose handshake completed before the close are accepted and can
+    /// be answered; a client after the close is refused.
+    #[test]
+    fn queued_connections_are_taken_not_reset_and_new_ones_are_refused() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // Three clients complete their handshake; nobody has accepted them.
+        let mut clients: Vec<TcpStream> = (0..3)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.write_all(format!("hello {i}").as_bytes()).expect("write");
+            c.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+        }
+        let mut taken = Vec::new();
+        assert_eq!(close_gracefully(listener, |s| taken.push(s)), 3);
+
+        // Each queued client is answered on the stream that was taken for it.
+        for mut server_side in taken {
+            server_side.set_nonblocking(false).expect("blocking");
+            let mut buf = [0u8; 7];
+            server_side.read_exact(&mut buf).expect("read");
+            server_side.write_all(b"answer").expect("write");
+        }
+        for c in &mut clients {
+            let mut buf = [0u8; 6];
+            c.read_exact(&mut buf).expect("answered, not reset");
+            assert_eq!(&buf, b"answer");
+        }
+        let refused = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .expect_err("the listener is closed");
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+    }
+}

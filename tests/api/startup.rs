@@ -133,3 +133,22 @@ fn a_restart_on_the_same_host_and_port_reuses_the_row() {
     again.signal(libc::SIGTERM);
     assert_eq!(again.wait_exit(PATIENCE).0, 0);
 }
+
+#[test]
+fn sigterm_while_waiting_for_the_database_exits_0_at_once() {
+    let url = format!("postgres://postgres@127.0.0.1:{}/nothing", closed_port());
+    let mut server = spawn(&[
+        ("DATABASE_URL", url.as_str()),
+        ("DB_CONNECT_TIMEOUT_MS", "20000"),
+    ]);
+    server.wait_for_log("connecting to the database");
+    let signalled = Instant::now();
+    server.signal(libc::SIGTERM);
+    let (code, exited) = server.wait_exit(PATIENCE);
+    assert_eq!(code, 0, "nothing was admitted, nothing was lost");
+    assert!(
+        exited - signalled < Duration::from_secs(2),
+        "did not wait for the database: {:?}",
+        exited - signalled
+    );
+}
