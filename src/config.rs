@@ -61,7 +61,7 @@ pub struct Config {
     #[arg(long, env = "IDLE_CLOSE_GRACE_MS", default_value_t = 100)]
     pub idle_close_grace_ms: u64,
 
-    /// HTTP worker threads [default: the number of CPUs].
+    /// HTTP worker threads [default: CPUs - 1, at least 1; the main thread runs the accept loop and the actors].
     #[arg(long, env = "WORKERS", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: Option<u16>,
 
@@ -91,11 +91,16 @@ impl Config {
         Duration::from_millis(self.idle_close_grace_ms)
     }
 
-    /// Worker threads: the flag, or one per CPU.
+    /// Worker threads: the flag, or one per CPU but one. The main thread is
+    /// busy too (accept loop, DrainCoordinator, DbActor and its connections);
+    /// measured on 2 cores, one worker gave the same throughput as two and a
+    /// steadier p99 (docs/benchmarks.md).
     pub fn worker_count(&self) -> usize {
         match self.workers {
             Some(n) => usize::from(n),
-            None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            None => {
+                std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+            }
         }
     }
 

@@ -1,0 +1,317 @@
+#!/usr/bin/env bash
+# Benchmark drainer against the bare actix-web baseline (bench/bare); see docs/benchmarks.md.
+#
+#   make bench                     (or: bench/run.sh)
+#
+# Builds both release binaries, needs wrk (installed with apt-get when running as
+# root) and PostgreSQL: without DATABASE_URL it re-executes itself under
+# scripts/with-postgres.sh, which provides a throwaway cluster. Then:
+#   throughput  BENCH_ROUNDS interleaved rounds per build (drainer, bare, drainer, ...),
+#               each on a fresh server: warm-up, then
+#               wrk -t2 -c64 -d${BENCH_SECONDS}s --latency -s bench/post_work.lua
+#   exit        bench/exit_latency.py, BENCH_EXIT_RUNS runs per build
+# prints a markdown table of medians and drainer/bare ratios and writes it into the
+# results section of docs/benchmarks.md.
+#
+# Environment (all optional):
+#   BENCH_ROUNDS=3 BENCH_SECONDS=10 BENCH_WARMUP=2 BENCH_EXIT_RUNS=20
+#   BENCH_THREADS=2 BENCH_CONNECTIONS=64     wrk -t / -c
+#   BENCH_BUILDS="drainer bare"              builds to run (e.g. "bare" for a smoke test)
+#   BENCH_WRITE_DOCS=1                       0: do not touch docs/benchmarks.md
+#   BENCH_OUT=<dir>                          keep wrk outputs and server logs there
+# Quick smoke run: BENCH_ROUNDS=1 BENCH_SECONDS=2 BENCH_WARMUP=1 BENCH_EXIT_RUNS=3 bench/run.sh
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+prog=bench/run.sh
+
+die() {
+    echo "$prog: $*" >&2
+    exit 1
+}
+say() { echo "== $*" >&2; }
+
+posint() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 must be a positive integer, got '$2'"; }
+rounds=${BENCH_ROUNDS:-3}
+duration=${BENCH_SECONDS:-10}
+warmup=${BENCH_WARMUP:-2}
+exit_runs=${BENCH_EXIT_RUNS:-20}
+threads=${BENCH_THREADS:-2}
+conns=${BENCH_CONNECTIONS:-64}
+builds=${BENCH_BUILDS:-drainer bare}
+write_docs=${BENCH_WRITE_DOCS:-1}
+posint BENCH_ROUNDS "$rounds"
+posint BENCH_SECONDS "$duration"
+posint BENCH_EXIT_RUNS "$exit_runs"
+posint BENCH_THREADS "$threads"
+posint BENCH_CONNECTIONS "$conns"
+[[ "$warmup" =~ ^[0-9]+$ ]] || die "BENCH_WARMUP must be a non-negative integer, got '$warmup'"
+for b in $builds; do
+    case $b in drainer | bare) ;; *) die "BENCH_BUILDS: unknown build '$b' (drainer, bare)" ;; esac
+done
+[ -n "${builds// /}" ] || die "BENCH_BUILDS is empty"
+
+# --- tools and binaries (done once, before a database is started) -------------------
+if [ -z "${_BENCH_PREPARED:-}" ]; then
+    command -v python3 >/dev/null || die "python3 is required"
+    if ! command -v wrk >/dev/null; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            say "installing wrk"
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get install -y wrk >/dev/null || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; } ||
+                die "apt-get install wrk failed"
+        else
+            die "wrk not found: install it (Debian/Ubuntu: sudo apt-get install wrk; macOS: brew install wrk) and re-run"
+        fi
+    fi
+    pkgs=()
+    for b in $builds; do pkgs+=(-p "$b"); done
+    say "cargo build --release ${pkgs[*]}"
+    cargo build --release "${pkgs[@]}"
+    export _BENCH_PREPARED=1
+fi
+
+# --- database ----------------------------------------------------------------------
+if [ -z "${DATABASE_URL:-}" ]; then
+    [ -z "${_BENCH_UNDER_PG:-}" ] && [ -f scripts/with-postgres.sh ] ||
+        die "DATABASE_URL is not set and scripts/with-postgres.sh did not provide one"
+    say "no DATABASE_URL: starting a throwaway PostgreSQL via scripts/with-postgres.sh"
+    export _BENCH_UNDER_PG=1
+    exec bash scripts/with-postgres.sh "$root/bench/run.sh" "$@"
+fi
+
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+declare -A bin
+for b in $builds; do
+    bin[$b]=$target_dir/release/$b
+    [ -x "${bin[$b]}" ] || die "${bin[$b]} not found (cargo build --release -p $b)"
+done
+
+out=${BENCH_OUT:-$(mktemp -d "${TMPDIR:-/tmp}/drainer-bench.XXXXXX")}
+mkdir -p "$out"
+say "raw outputs and server logs: $out"
+
+# --- server lifecycle --------------------------------------------------------------
+server_pid=
+stop_server() { # SIGTERM, wait up to 40 s, then SIGKILL; sets server_rc
+    local pid=$server_pid i
+    server_rc=
+    [ -n "$pid" ] || return 0
+    server_pid=
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 400; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "$prog: server $pid still running 40 s after SIGTERM, killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    server_rc=0
+    wait "$pid" 2>/dev/null || server_rc=$?
+}
+trap 'stop_server' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+start_server() { # $1 build, $2 port, $3 log file
+    PORT=$2 "${bin[$1]}" >>"$3" 2>&1 &
+    server_pid=$!
+    local i
+    for ((i = 0; i < 300; i++)); do # 30 s
+        if ! kill -0 "$server_pid" 2>/dev/null; then
+            server_pid=
+            tail -n 20 "$3" >&2
+            die "$1 exited during startup (log: $3)"
+        fi
+        if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then
+            sleep 0.1 # let the probe connection go away
+            return 0
+        fi
+        sleep 0.1
+    done
+    tail -n 20 "$3" >&2
+    die "$1 is not accepting connections on port $2 after 30 s (log: $3)"
+}
+
+# --- throughput: interleaved rounds ------------------------------------------------
+for ((r = 1; r <= rounds; r++)); do
+    for b in $builds; do
+        port=$(free_port)
+        log=$out/$b.log
+        echo "=== round $r port $port" >>"$log"
+        say "round $r/$rounds: $b on port $port"
+        start_server "$b" "$port" "$log"
+        url=http://127.0.0.1:$port/work
+        if ((warmup > 0)); then
+            wrk -t"$threads" -c"$conns" -d"${warmup}s" -s bench/post_work.lua "$url" >"$out/$b.$r.warmup.txt"
+        fi
+        wrk -t"$threads" -c"$conns" -d"${duration}s" --latency -s bench/post_work.lua "$url" >"$out/$b.$r.wrk.txt"
+        stop_server
+        echo "$server_rc" >"$out/$b.$r.rc"
+        grep -E 'Requests/sec|99%|errors|Non-2xx' "$out/$b.$r.wrk.txt" | sed 's/^ */   /' >&2 || true
+        [ "$server_rc" = 0 ] || echo "$prog: warning: $b exited with status $server_rc after SIGTERM" >&2
+    done
+done
+
+# --- exit latency ------------------------------------------------------------------
+for b in $builds; do
+    say "exit latency: $b, $exit_runs runs"
+    python3 bench/exit_latency.py --runs "$exit_runs" --log "$out/$b.exit.log" -- "${bin[$b]}" |
+        tee "$out/$b.exit.txt" | grep -v '^{' >&2 || true
+    tail -n 1 "$out/$b.exit.txt" | grep -q '^{' || die "exit_latency.py produced no summary for $b (see $out/$b.exit.log)"
+done
+
+# --- report ------------------------------------------------------------------------
+mem_kib=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo 2>/dev/null || true)
+cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
+export BENCH_DATE BENCH_MACHINE BENCH_PARAMS BENCH_COMMIT
+BENCH_DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
+BENCH_MACHINE="$(nproc) CPUs ($cpu), $(awk -v k="${mem_kib:-0}" 'BEGIN { printf "%.1f", k / 1048576 }') GiB RAM, $(uname -sr)"
+BENCH_PARAMS="$rounds interleaved rounds per build of \`wrk -t$threads -c$conns -d${duration}s --latency -s bench/post_work.lua\` after a ${warmup} s warm-up; $exit_runs exit-latency runs per build"
+if BENCH_COMMIT=$(git rev-parse --short HEAD 2>/dev/null); then
+    [ -z "$(git status --porcelain 2>/dev/null)" ] || BENCH_COMMIT+=" + uncommitted changes"
+else
+    BENCH_COMMIT="none yet"
+fi
+export BENCH_OVERRIDES
+BENCH_OVERRIDES=$(env | grep -E '^BENCH_(ROUNDS|SECONDS|WARMUP|EXIT_RUNS|THREADS|CONNECTIONS|BUILDS)=' | sort | tr '\n' ' ' || true)
+
+python3 - "$out" "$rounds" "$write_docs" $builds <<'PY'
+import json, os, re, statistics, sys
+
+out, rounds, write_docs, builds = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4:]
+UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+
+def num(pattern, text, default=None):
+    m = re.search(pattern, text, re.M)
+    return float(m.group(1)) if m else default
+
+def parse_wrk(text):
+    rps = num(r"^Requests/sec:\s+([\d.]+)", text)
+    m = re.search(r"^\s*99(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", text, re.M)
+    p99 = float(m.group(1)) * UNIT_MS[m.group(2)] if m else None
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    errors = sum(map(int, sock.groups())) if sock else 0
+    errors += int(num(r"Non-2xx or 3xx responses:\s+(\d+)", text, 0))
+    requests = int(num(r"^\s*(\d+) requests in", text, 0))
+    if rps is None or p99 is None:
+        raise SystemExit(f"cannot parse wrk output:\n{text}")
+    return {"rps": rps, "p99_ms": p99, "errors": errors, "requests": requests}
+
+data = {}
+for b in builds:
+    runs = []
+    for r in range(1, rounds + 1):
+        with open(f"{out}/{b}.{r}.wrk.txt") as f:
+            w = parse_wrk(f.read())
+        with open(f"{out}/{b}.{r}.rc") as f:
+            w["rc"] = f.read().strip()
+        runs.append(w)
+    with open(f"{out}/{b}.exit.txt") as f:
+        ex = json.loads(f.read().strip().splitlines()[-1])
+    data[b] = {
+        "runs": runs,
+        "rps": statistics.median(x["rps"] for x in runs),
+        "p99": statistics.median(x["p99_ms"] for x in runs),
+        "errors": sum(x["errors"] for x in runs),
+        "exit": ex["median_exit_ms"],
+        "exit_failed": ex["failed"],
+        "exit_runs": ex["runs"],
+        "exit_min": ex["min_exit_ms"],
+        "exit_max": ex["max_exit_ms"],
+        "bad_rc": sum(x["rc"] != "0" for x in runs),
+    }
+
+def f(v, fmt):
+    return "n/a" if v is None else format(v, fmt)
+
+def ratio(key):
+    if "drainer" not in data or "bare" not in data:
+        return "n/a"
+    d, b = data["drainer"][key], data["bare"][key]
+    if d is None or b is None:
+        return "n/a"
+    return f"{d / b:.2f}" if b else ("1.00" if d == 0 else "∞")
+
+def verdict(ok):
+    return "n/a" if ok is None else ("met" if ok else "**missed**")
+
+d, b = data.get("drainer"), data.get("bare")
+both = d is not None and b is not None
+cols = [x for x in ("drainer", "bare") if x in data]
+rows = [
+    ("throughput, req/s (median)", "rps", ",.0f", "drainer ≥ bare",
+     (d["rps"] >= b["rps"]) if both else None),
+    ("p99 latency, ms (median)", "p99", ".2f", "drainer ≤ bare",
+     (d["p99"] <= b["p99"]) if both else None),
+    ("exit latency, ms (median)", "exit", ".1f", "drainer ≤ 10 ms",
+     (d["exit"] is not None and d["exit"] <= 10) if d else None),
+    ("errors (wrk socket + non-2xx, all rounds)", "errors", "d", "0",
+     (d["errors"] == 0) if d else None),
+]
+lines = ["| metric | " + " | ".join(cols) + " | drainer/bare | target | |",
+         "|---|" + "---:|" * len(cols) + "---:|---|---|"]
+for label, key, fmt, target, ok in rows:
+    lines.append(f"| {label} | " + " | ".join(f(data[c][key], fmt) for c in cols)
+                 + f" | {ratio(key)} | {target} | {verdict(ok)} |")
+table = "\n".join(lines)
+
+detail = ["| build | round | req/s | p99 ms | requests | errors | exit status after SIGTERM |",
+          "|---|---:|---:|---:|---:|---:|---:|"]
+for c in cols:
+    for i, x in enumerate(data[c]["runs"], 1):
+        detail.append(f"| {c} | {i} | {x['rps']:,.0f} | {x['p99_ms']:.2f} | {x['requests']:,} | {x['errors']} | {x['rc']} |")
+notes = []
+for c in cols:
+    x = data[c]
+    notes.append(f"- {c} exit latency: {x['exit_runs'] - x['exit_failed']}/{x['exit_runs']} runs ok, "
+                 f"min {f(x['exit_min'], '.1f')} ms, max {f(x['exit_max'], '.1f')} ms")
+    if x["exit_failed"]:
+        notes.append(f"  - **{x['exit_failed']} exit-latency runs failed** (see `{c}.exit.txt`)")
+    if x["bad_rc"]:
+        notes.append(f"  - **{x['bad_rc']} throughput rounds ended with a non-zero exit status**")
+
+env = os.environ
+overrides = env.get("BENCH_OVERRIDES", "").strip()
+overrides = f", overridden by `{overrides}` (not comparable with the targets)" if overrides else ""
+section = f"""## Results
+
+Recorded on {env['BENCH_DATE']} (commit: {env['BENCH_COMMIT']}) with `make bench`{overrides}.
+
+- Machine: {env['BENCH_MACHINE']}
+- Method: {env['BENCH_PARAMS']}.
+
+{table}
+
+Per round:
+
+{chr(10).join(detail)}
+
+{chr(10).join(notes)}
+"""
+print("\n" + table + "\n")
+print("\n".join(notes))
+
+if write_docs:
+    path = "docs/benchmarks.md"
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    block = f"{start}\n{section}{end}"
+    try:
+        with open(path) as fh:
+            doc = fh.read()
+    except FileNotFoundError:
+        doc = "# Benchmarks\n"
+    if start in doc and end in doc and doc.index(start) < doc.index(end):
+        doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
+    with open(path, "w") as fh:
+        fh.write(doc)
+    print(f"\nwrote the results section of {path}")
+PY
