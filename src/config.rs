@@ -160,15 +160,44 @@ fn hostname() -> String {
 mod tests {
     use super::*;
 
+    /// Read from the definitions, not by parsing: the environment may hold values.
     #[test]
-    fn defaults_match_the_readme() {
-        let c = Config::try_parse_from(["drainer"]).expect("defaults parse");
-        assert_eq!(c.port, 3000);
-        assert_eq!(c.drain_timeout_ms, 30_000);
-        assert_eq!(c.shutdown_delay_ms, 0);
-        assert_eq!(c.db_connect_timeout_ms, 10_000);
-        assert_eq!(c.idle_close_grace_ms, 100);
-        assert_eq!(c.db_pool_size, 16);
+    fn defaults_and_variables_match_the_readme() {
+        use clap::CommandFactory;
+        let command = Config::command();
+        let setting = |id: &str| {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .unwrap_or_else(|| panic!("no argument {id}"));
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            let default = arg
+                .get_default_values()
+                .first()
+                .map(|v| v.to_string_lossy().into_owned());
+            (env, default)
+        };
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(setting("port"), (s("PORT"), s("3000")));
+        assert_eq!(setting("database_url"), (s("DATABASE_URL"), None));
+        assert_eq!(setting("instance_host"), (s("INSTANCE_HOST"), None));
+        assert_eq!(
+            setting("drain_timeout_ms"),
+            (s("DRAIN_TIMEOUT_MS"), s("30000"))
+        );
+        assert_eq!(
+            setting("shutdown_delay_ms"),
+            (s("SHUTDOWN_DELAY_MS"), s("0"))
+        );
+        assert_eq!(
+            setting("db_connect_timeout_ms"),
+            (s("DB_CONNECT_TIMEOUT_MS"), s("10000"))
+        );
+        assert_eq!(
+            setting("idle_close_grace_ms"),
+            (s("IDLE_CLOSE_GRACE_MS"), s("100"))
+        );
+        assert_eq!(setting("db_pool_size"), (s("DB_POOL_SIZE"), s("16")));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, Context, Handler, Message, ResponseFuture};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use log::info;
+use log::{debug, info};
 use tokio_postgres::config::Host;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
@@ -205,7 +205,7 @@ impl DbActor {
             .build()
             .map_err(|e| redactor.query(e))?;
 
-        info!("connecting to the database at {target}");
+        debug!("connecting to the database at {target}");
         let mut client =
             first_connection(&pool, &redactor, &target, settings.connect_timeout).await?;
         let tx = client.transaction().await.map_err(|e| redactor.query(e))?;

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle};
 use log::{debug, info};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 // ----------------------------------------------------------------------------
 // Values
@@ -127,6 +127,17 @@ impl Phase {
 #[error("server_shutting_down")]
 pub struct ShuttingDown;
 
+/// What the coordinator asks of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// Close it unless a request on it still awaits its response: the idle
+    /// sweep after the listener closed. A busy connection closes itself after
+    /// its answer, which carries `Connection: close`.
+    IfIdle,
+    /// Close it now: the hard deadline, or a forced shutdown.
+    Now,
+}
+
 /// The coordinator's reports to whoever sequences the shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
 #[rtype(result = "()")]
@@ -162,7 +173,7 @@ pub struct RequestFinished {
 #[rtype(result = "()")]
 pub struct ConnectionOpened {
     id: ConnId,
-    close: oneshot::Sender<()>,
+    close: mpsc::UnboundedSender<Close>,
 }
 
 /// Sent by [`ConnGuard`]'s `Drop`: a connection is gone.
@@ -275,13 +286,15 @@ pub struct ConnGuard {
 }
 
 impl ConnGuard {
-    /// Registers a new connection. The receiver fires when the coordinator
-    /// wants the connection closed (idle after the listener closed, or past
-    /// the hard deadline); the transport then drops the socket and the guard.
-    pub fn register(coordinator: &Addr<DrainCoordinator>) -> (ConnGuard, oneshot::Receiver<()>) {
+    /// Registers a new connection. The receiver tells the transport when the
+    /// coordinator wants the connection closed (see [`Close`]); the transport
+    /// then drops the socket, and the guard with it.
+    pub fn register(
+        coordinator: &Addr<DrainCoordinator>,
+    ) -> (ConnGuard, mpsc::UnboundedReceiver<Close>) {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let id = ConnId(NEXT.fetch_add(1, Ordering::Relaxed));
-        let (close, close_rx) = oneshot::channel();
+        let (close, close_rx) = mpsc::unbounded_channel();
         coordinator.do_send(ConnectionOpened { id, close });
         let guard = ConnGuard {
             id,
@@ -356,8 +369,8 @@ struct InFlight {
 struct Connection {
     /// Requests admitted on it and not yet finished.
     requests: usize,
-    /// Taken when the coordinator closes it.
-    close: Option<oneshot::Sender<()>>,
+    /// Tells the transport to close it.
+    close: mpsc::UnboundedSender<Close>,
 }
 
 /// See the module documentation.
@@ -457,6 +470,14 @@ impl DrainCoordinator {
 
     /// Cancels every request in flight (once).
     fn cut_short(&mut self, reason: CancelReason, ctx: &mut Context<Self>) {
+        if let DrainState::Stopped(_) = self.state {
+            // The work is over; only connections remain: close them now.
+            if !self.quiet {
+                info!("cut short while connections close: closing them now");
+                self.force_quiet(ctx);
+            }
+            return;
+        }
         self.begin();
         let remaining = self.requests.len();
         if let DrainState::Draining(d) = &mut self.state {
@@ -481,6 +502,9 @@ impl DrainCoordinator {
                 }
             }
             self.publish();
+            if self.listener_closed {
+                self.close_idle();
+            }
         }
         self.check_work_done(ctx);
     }
@@ -533,12 +557,12 @@ impl DrainCoordinator {
         }
         self.publish();
         self.report_to.do_send(DrainReport::WorkDone(outcome));
-        self.linger_timer = Some(ctx.run_later(self.linger, |act, _| act.force_quiet()));
-        self.check_quiet();
+        self.linger_timer = Some(ctx.run_later(self.linger, |act, ctx| act.force_quiet(ctx)));
+        self.check_quiet(ctx);
     }
 
     /// Past the hard deadline: close whatever is still open and report.
-    fn force_quiet(&mut self) {
+    fn force_quiet(&mut self, ctx: &mut Context<Self>) {
         self.linger_timer = None;
         if !self.connections.is_empty() {
             info!(
@@ -546,45 +570,52 @@ impl DrainCoordinator {
                 self.connections.len()
             );
         }
-        for conn in self.connections.values_mut() {
-            if let Some(close) = conn.close.take() {
-                let _ = close.send(());
-            }
+        for conn in self.connections.values() {
+            let _ = conn.close.send(Close::Now);
         }
         self.listener_closed = true;
-        self.report_quiet();
+        self.report_quiet(ctx);
     }
 
-    fn check_quiet(&mut self) {
+    fn check_quiet(&mut self, ctx: &mut Context<Self>) {
         if matches!(self.state, DrainState::Stopped(_))
             && self.listener_closed
             && self.connections.is_empty()
         {
-            self.report_quiet();
+            self.report_quiet(ctx);
         }
     }
 
-    fn report_quiet(&mut self) {
+    fn report_quiet(&mut self, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.linger_timer.take() {
+            ctx.cancel_future(timer);
+        }
         if !self.quiet {
             self.quiet = true;
             self.report_to.do_send(DrainReport::Quiet);
         }
     }
 
-    /// Closes every connection that has no request in flight.
+    /// Asks every connection with no request in flight to close if idle.
     fn close_idle(&mut self) {
-        let mut closed = 0;
-        for conn in self.connections.values_mut() {
+        let mut asked = 0;
+        for conn in self.connections.values() {
             if conn.requests == 0 {
-                if let Some(close) = conn.close.take() {
-                    let _ = close.send(());
-                    closed += 1;
-                }
+                let _ = conn.close.send(Close::IfIdle);
+                asked += 1;
             }
         }
-        if closed > 0 {
-            info!("closed {closed} idle connection(s)");
+        if asked > 0 {
+            info!("closing {asked} idle connection(s)");
         }
+    }
+
+    fn is_cut(&self) -> bool {
+        matches!(
+            self.state,
+            DrainState::Draining(Drain { cut: Some(_), .. })
+                | DrainState::Stopped(Outcome::CutShort { .. })
+        )
     }
 }
 
@@ -661,7 +692,7 @@ impl Handler<ConnectionOpened> for DrainCoordinator {
             msg.id,
             Connection {
                 requests: 0,
-                close: Some(msg.close),
+                close: msg.close,
             },
         );
     }
@@ -671,9 +702,9 @@ impl Handler<ConnectionClosed> for DrainCoordinator {
     type Result = ();
 
     /// Forgets a connection; the last one may make the service quiet.
-    fn handle(&mut self, msg: ConnectionClosed, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: ConnectionClosed, ctx: &mut Context<Self>) {
         self.connections.remove(&msg.id);
-        self.check_quiet();
+        self.check_quiet(ctx);
     }
 }
 
@@ -705,8 +736,13 @@ impl Handler<ListenerClosed> for DrainCoordinator {
             return;
         }
         self.listener_closed = true;
-        ctx.run_later(msg.idle_grace, |act, _| act.close_idle());
-        self.check_quiet();
+        if self.is_cut() {
+            // Cut short: no grace for idle connections.
+            self.close_idle();
+        } else {
+            ctx.run_later(msg.idle_grace, |act, _| act.close_idle());
+        }
+        self.check_quiet(ctx);
     }
 }
 
@@ -1062,7 +1098,11 @@ mod tests {
         assert!(idle_close.try_recv().is_err(), "closed before the grace");
         tokio::time::sleep(Duration::from_millis(2)).await;
         h.settle().await;
-        assert!(idle_close.try_recv().is_ok(), "idle connection closed");
+        assert_eq!(
+            idle_close.try_recv(),
+            Ok(Close::IfIdle),
+            "idle connection closed"
+        );
         assert!(busy_close.try_recv().is_err(), "busy connection left alone");
         drop(idle);
         drop(permit);
@@ -1071,6 +1111,55 @@ mod tests {
         // The busy connection closes itself after its answer.
         drop(busy);
         h.settle().await;
+        assert_eq!(
+            h.reports(),
+            vec![DrainReport::WorkDone(Outcome::Drained), DrainReport::Quiet]
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_cut_closes_idle_connections_without_the_grace() {
+        tokio::time::pause();
+        let h = start();
+        let (_idle, mut idle_close) = ConnGuard::register(&h.coordinator);
+        h.coordinator.send(BeginDrain).await.unwrap();
+        h.coordinator
+            .send(CutShort {
+                reason: CancelReason::ShutdownForced,
+            })
+            .await
+            .unwrap();
+        h.coordinator
+            .send(ListenerClosed {
+                idle_grace: Duration::from_secs(60),
+            })
+            .await
+            .unwrap();
+        h.settle().await;
+        assert_eq!(idle_close.try_recv(), Ok(Close::IfIdle));
+    }
+
+    #[actix_rt::test]
+    async fn a_cut_after_the_work_is_done_closes_what_is_left_now() {
+        tokio::time::pause();
+        let h = start();
+        let (_slow_reader, mut close) = ConnGuard::register(&h.coordinator);
+        h.coordinator
+            .send(StopAdmitting {
+                drain_timeout: Duration::from_secs(30),
+            })
+            .await
+            .unwrap();
+        h.settle().await;
+        assert_eq!(h.reports(), vec![DrainReport::WorkDone(Outcome::Drained)]);
+        h.coordinator
+            .send(CutShort {
+                reason: CancelReason::ShutdownForced,
+            })
+            .await
+            .unwrap();
+        h.settle().await;
+        assert_eq!(close.try_recv(), Ok(Close::Now));
         assert_eq!(
             h.reports(),
             vec![DrainReport::WorkDone(Outcome::Drained), DrainReport::Quiet]
@@ -1100,7 +1189,7 @@ mod tests {
         assert_eq!(h.reports(), vec![DrainReport::WorkDone(Outcome::Drained)]);
         tokio::time::sleep(LINGER + Duration::from_millis(1)).await;
         h.settle().await;
-        assert!(close.try_recv().is_ok());
+        assert_eq!(close.try_recv(), Ok(Close::Now));
         assert_eq!(
             h.reports(),
             vec![DrainReport::WorkDone(Outcome::Drained), DrainReport::Quiet]

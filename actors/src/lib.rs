@@ -58,7 +58,7 @@ pub mod supervisor;
 
 pub use db::{DbActor, DbError, DbSettings, Job};
 pub use drain::{
-    CancelReason, ConnGuard, ConnId, DrainCoordinator, Outcome, Permit, Phase, ShuttingDown,
+    CancelReason, Close, ConnGuard, ConnId, DrainCoordinator, Outcome, Permit, Phase, ShuttingDown,
 };
 pub use request::{RequestActor, WorkError};
 pub use signals::{ShutdownSignal, Signals};

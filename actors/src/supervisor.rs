@@ -115,8 +115,6 @@ enum Stage {
         delay: Option<SpawnHandle>,
         /// Whether the listener close has begun.
         closing: bool,
-        /// Whether the drain has been cut short.
-        cut: bool,
     },
     /// The pool is closing and the System is about to stop.
     Exiting,
@@ -183,12 +181,17 @@ impl Supervisor {
         let db = self.db.clone();
         self.records = Some(actix_rt::spawn(async move {
             let Ok(in_flight) = begun.await else { return };
-            record("drain_begin", db.send(RecordDrainBegin { in_flight })).await;
+            let deadline = tokio::time::Instant::now() + RECORD_TIMEOUT;
+            record(
+                "drain_begin",
+                deadline,
+                db.send(RecordDrainBegin { in_flight }),
+            )
+            .await;
         }));
         self.stage = Stage::Draining {
             delay: None,
             closing: false,
-            cut: false,
         };
         let delay = self.settings.shutdown_delay;
         if delay.is_zero() {
@@ -238,14 +241,8 @@ impl Supervisor {
         );
     }
 
+    /// Cuts the drain short; the coordinator ignores a second cut.
     fn cut_short(&mut self, ctx: &mut Context<Self>) {
-        let Stage::Draining { cut, .. } = &mut self.stage else {
-            return;
-        };
-        if *cut {
-            return;
-        }
-        *cut = true;
         self.coordinator.do_send(CutShort {
             reason: CancelReason::ShutdownForced,
         });
@@ -276,12 +273,17 @@ impl Supervisor {
         };
         let earlier = self.records.take();
         let db = self.db.clone();
+        // One deadline for whatever is left of the records: the exit waits
+        // for them at most RECORD_TIMEOUT from here.
+        let deadline = tokio::time::Instant::now() + RECORD_TIMEOUT;
         self.records = Some(actix_rt::spawn(async move {
             if let Some(earlier) = earlier {
-                let _ = earlier.await;
+                if tokio::time::timeout_at(deadline, earlier).await.is_err() {
+                    return;
+                }
             }
             let complete = db.send(RecordDrainComplete { success, remaining });
-            record("drain_complete", complete).await;
+            record("drain_complete", deadline, complete).await;
         }));
     }
 
@@ -315,17 +317,17 @@ impl Supervisor {
     }
 }
 
-/// Awaits one drain record, bounded; a failure is a warning, never a hold-up.
-async fn record<F, E>(what: &str, write: F)
+/// Awaits one drain record until `deadline`; a failure is a warning, never a hold-up.
+async fn record<F, E>(what: &str, deadline: tokio::time::Instant, write: F)
 where
     F: std::future::Future<Output = Result<Result<(), crate::db::DbError>, E>>,
 {
-    match tokio::time::timeout(RECORD_TIMEOUT, write).await {
+    match tokio::time::timeout_at(deadline, write).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => warn!("{what} record skipped: {e}"),
         Ok(Err(_)) => warn!("{what} record skipped: the database actor is gone"),
         Err(_) => warn!(
-            "{what} record skipped: the database did not answer within {} ms",
+            "{what} record skipped: the database did not answer in time ({} ms)",
             RECORD_TIMEOUT.as_millis()
         ),
     }

@@ -7,7 +7,7 @@
 //! | anything else | 404 / 405 with `{"error": …}` |
 //!
 //! The drain policy (one middleware, [`drain_policy`]): once the coordinator
-//! stops admitting, every request other than `/health` is answered 503
+//! stops admitting, every request other than `GET /health` is answered 503
 //! `{"error":"server_shutting_down"}` without being processed; and from the
 //! moment a drain begins every response carries `Connection: close`.
 
@@ -62,7 +62,8 @@ async fn drain_policy(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let core = req.app_data::<web::Data<Core>>().cloned();
     let phase = || core.as_ref().map_or(Phase::Active, |c| *c.phase.borrow());
-    if !phase().admitting() && req.path() != "/health" {
+    let health = req.path() == "/health" && req.method() == actix_web::http::Method::GET;
+    if !phase().admitting() && !health {
         let mut res = req.into_response(ApiError::ShuttingDown.error_response());
         close_connection(&mut res);
         return Ok(res.map_into_right_body());

@@ -25,13 +25,15 @@ use actix::{Actor, Addr, Context, Handler, ResponseFuture};
 use actix_rt::Arbiter;
 use actix_service::{map_config, Service, ServiceFactory};
 use actix_web::dev::AppConfig;
-use drainer_actors::{CloseListener, ConnGuard, Core, DrainCoordinator, StopTransport, Transport};
+use drainer_actors::{
+    Close, CloseListener, ConnGuard, Core, DrainCoordinator, StopTransport, Transport,
+};
 use log::{error, info};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::http;
-use stream::TrackedStream;
+use stream::{Activity, TrackedStream};
 
 /// How long a new connection may take to send its first request.
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,8 +45,8 @@ const KEEP_ALIVE: Duration = Duration::from_secs(5);
 struct Conn {
     stream: std::net::TcpStream,
     guard: ConnGuard,
-    /// Fires when the coordinator wants this connection closed.
-    close: oneshot::Receiver<()>,
+    /// Tells when the coordinator wants this connection closed.
+    close: mpsc::UnboundedReceiver<Close>,
 }
 
 /// Starts the workers and the accept loop; answers how the Supervisor reaches them.
@@ -184,24 +186,34 @@ where
     let Conn {
         stream,
         guard,
-        close,
+        mut close,
     } = conn;
     let peer = stream.peer_addr().ok();
     let prepared = stream
         .set_nonblocking(true)
         .and_then(|()| stream.set_nodelay(true))
         .and_then(|()| tokio::net::TcpStream::from_std(stream));
+    let activity = Rc::new(Activity::default());
     let io = match prepared {
-        Ok(io) => TrackedStream::new(io, guard),
+        Ok(io) => TrackedStream::new(io, guard, activity.clone()),
         Err(e) => {
             info!("connection dropped before serving: {e}");
             return;
         }
     };
-    tokio::select! {
-        _ = service.call((io, peer)) => {}
-        // Dropping the dispatcher closes the socket and drops the guard.
-        _ = close => {}
+    let dispatcher = service.call((io, peer));
+    tokio::pin!(dispatcher);
+    loop {
+        tokio::select! {
+            _ = &mut dispatcher => return,
+            asked = close.recv() => match asked {
+                // A request on it still awaits its answer, which carries
+                // `Connection: close`: the connection will end by itself.
+                Some(Close::IfIdle) if activity.awaiting_response() => continue,
+                // Dropping the dispatcher closes the socket and drops the guard.
+                Some(Close::IfIdle | Close::Now) | None => return,
+            },
+        }
     }
 }
 
