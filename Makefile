@@ -1,0 +1,44 @@
+# Developer entry points for drainer. `make help` lists the targets.
+#
+# Targets that need PostgreSQL (run, test) get a throwaway cluster from
+# scripts/with-postgres.sh, unless DATABASE_URL is already set (then that is used).
+
+CARGO ?= cargo
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help run test bench fmt clippy build clean
+
+# Fail early, with one line, when a cargo-based target is asked for without Rust.
+ifneq ($(filter run test bench fmt clippy build clean,$(MAKECMDGOALS)),)
+  ifeq ($(shell command -v $(CARGO) 2>/dev/null),)
+    $(error $(CARGO) not found: install Rust with rustup, see https://rustup.rs)
+  endif
+endif
+
+help: ## list the targets
+	@echo "usage: make <target>"
+	@awk -F ":.*## " '/^[a-z]+:.*## /{ printf "  %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+run: ## run the server (release build); extra server args via ARGS="..."
+	scripts/with-postgres.sh $(CARGO) run --release --bin drainer $(if $(strip $(ARGS)),-- $(ARGS))
+
+test: ## fmt check, clippy, then all tests against one throwaway PostgreSQL
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	scripts/with-postgres.sh $(CARGO) test --workspace
+
+bench: ## run the benchmarks (bench/run.sh)
+	bash bench/run.sh
+
+fmt: ## format all code
+	$(CARGO) fmt --all
+
+clippy: ## lint everything, warnings are errors
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+build: ## build the workspace (debug)
+	$(CARGO) build --workspace
+
+clean: ## remove build output (cargo clean)
+	$(CARGO) clean
