@@ -27,16 +27,25 @@ die() {
 find_bindir() {
     local d
     if [ -n "${PG_BINDIR:-}" ]; then
-        [ -x "$PG_BINDIR/initdb" ] && { echo "$PG_BINDIR"; return; }
-        return 1
+        echo "$PG_BINDIR"
+        return
     fi
     if d=$(command -v initdb 2>/dev/null); then
         dirname "$d"
         return
     fi
-    d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k5,5n | tail -n1) || true
-    if [ -n "$d" ] && [ -x "$d/initdb" ]; then
-        echo "$d"
+    local best="" best_ver=0 ver
+    for d in /usr/lib/postgresql/*/bin; do
+        [ -x "$d/initdb" ] || continue
+        ver=${d#/usr/lib/postgresql/}
+        ver=${ver%%[!0-9]*} # major version
+        if [ -n "$ver" ] && [ "$ver" -gt "$best_ver" ]; then
+            best=$d
+            best_ver=$ver
+        fi
+    done
+    if [ -n "$best" ]; then
+        echo "$best"
         return
     fi
     if d=$(pg_config --bindir 2>/dev/null) && [ -x "$d/initdb" ]; then
@@ -93,6 +102,7 @@ start() {
         echo "$not_installed" >&2
         exit 1
     }
+    [ -x "$bindir/initdb" ] || die "PG_BINDIR=$bindir has no initdb"
     exec 3>&1 1>&2 # only the two result lines go to stdout (fd 3); chatter to stderr
 
     # As root, run everything as "postgres" in a dir under /tmp that it can reach

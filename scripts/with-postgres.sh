@@ -7,6 +7,8 @@
 # Otherwise a throwaway cluster is started with scripts/pg.sh, CMD runs with
 # DATABASE_URL exported, and the cluster is stopped and deleted however CMD ends
 # (normal exit, error, Ctrl+C, SIGTERM). Exits with CMD's exit status.
+
+# shellcheck disable=SC2317 # (functions called only from traps are not dead code)
 set -euo pipefail
 
 if [ $# -eq 0 ]; then
@@ -19,9 +21,8 @@ fi
 
 # Signals ignored when we were started (nohup, background job of a script) are
 # reported by `trap -p`; they stay ignored for CMD, the others are reset below.
-reset_sigs=""
-[ -n "$(trap -p INT)" ] || reset_sigs="INT"
-[ -n "$(trap -p QUIT)" ] || reset_sigs="$reset_sigs QUIT"
+int_ignored=$(trap -p INT)
+quit_ignored=$(trap -p QUIT)
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 out=""   # what pg.sh start printed: PGTMP=... and DATABASE_URL=...
@@ -49,10 +50,10 @@ export DATABASE_URL
 # Ctrl+C was delivered by the terminal to CMD as well (same process group), and
 # forwarding it would make CMD see it twice (which a server may treat as "force").
 in_terminal_foreground() {
-    local ids
+    local ids pgid tpgid
     ids=$(ps -o pgid= -o tpgid= -p $$ 2>/dev/null) || return 1
-    set -- $ids
-    [ $# -eq 2 ] && [ "$1" = "$2" ]
+    read -r pgid tpgid <<<"$ids"
+    [ -n "$tpgid" ] && [ "$pgid" = "$tpgid" ]
 }
 
 # Pass signals sent to this script on to CMD, then keep waiting for it to finish.
@@ -69,7 +70,8 @@ trap 'forward HUP' HUP
 # (bash defers traps until a foreground command finishes). A background job would
 # get SIGINT/SIGQUIT ignored and stdin from /dev/null: undo both.
 run_cmd() {
-    if [ -n "$reset_sigs" ]; then trap - $reset_sigs; fi
+    if [ -z "$int_ignored" ]; then trap - INT; fi
+    if [ -z "$quit_ignored" ]; then trap - QUIT; fi
     exec "$@"
 }
 if { true 9<&0; } 2>/dev/null; then
