@@ -11,6 +11,8 @@
 //!   resetting queued clients) feeding actix-web workers.
 //! - [`http`] — the routes, the drain-policy middleware, and the one error
 //!   type that becomes every JSON error response.
+//! - [`stdin`] — the node protocol's codec (newline-delimited JSON), for the
+//!   coming `--stdin` transport.
 //!
 //! The actors themselves — Supervisor, DrainCoordinator, RequestActor, DbActor
 //! — live in the `drainer-actors` crate, which knows nothing of HTTP.
@@ -19,3 +21,4 @@ pub mod config;
 pub mod http;
 pub mod server;
 pub mod startup;
+pub mod stdin;
