@@ -9,6 +9,7 @@
 //! - [`server`] — the HTTP transport: drainer's own accept loop (so the
 //!   coordinator knows every connection, and the listener closes without
 //!   resetting queued clients) feeding actix-web workers.
+//! - [`fields`] — field rules both transports share (`latency_ms`).
 //! - [`http`] — the routes, the drain-policy middleware, and the one error
 //!   type that becomes every JSON error response.
 //! - [`stdin`] — the node protocol's codec (newline-delimited JSON), for the
@@ -18,6 +19,7 @@
 //! — live in the `drainer-actors` crate, which knows nothing of HTTP.
 
 pub mod config;
+pub mod fields;
 pub mod http;
 pub mod server;
 pub mod startup;

@@ -10,9 +10,7 @@ use drainer_actors::{ConnId, Core, RequestActor};
 use serde_json::Value;
 
 use super::error::ApiError;
-
-/// The longest simulated processing time accepted, in ms.
-pub const MAX_LATENCY_MS: u64 = 600_000;
+use crate::fields;
 
 /// The longest name accepted, in characters.
 pub const MAX_NAME_CHARS: usize = 1000;
@@ -45,14 +43,7 @@ impl TryFrom<Value> for NewJob {
         if name.chars().count() > MAX_NAME_CHARS {
             return Err(invalid("name must be at most 1000 characters"));
         }
-        let latency_ms = match body.remove("latency_ms") {
-            None | Some(Value::Null) => 0,
-            Some(Value::Number(n)) => match n.as_u64() {
-                Some(ms) if ms <= MAX_LATENCY_MS => ms,
-                _ => return Err(invalid("latency_ms must be an integer from 0 to 600000")),
-            },
-            Some(_) => return Err(invalid("latency_ms must be an integer from 0 to 600000")),
-        };
+        let latency_ms = fields::latency_ms(body.remove("latency_ms")).map_err(invalid)?;
         Ok(NewJob {
             name,
             latency: Duration::from_millis(latency_ms),

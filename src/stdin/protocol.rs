@@ -13,8 +13,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
 
-/// The longest simulated processing time accepted, in ms.
-pub const MAX_LATENCY_MS: u64 = 600_000;
+use crate::fields;
 
 /// Error code for a message type the node does not know.
 pub const CODE_NOT_SUPPORTED: u64 = 10;
@@ -116,14 +115,7 @@ pub fn parse_line(line: &[u8]) -> Result<Inbound, LineError> {
             _ => return Err(bad("node_id must be a non-empty string")),
         },
         "tcp_request" => {
-            let latency_ms = match body.remove("latency_ms") {
-                None | Some(Value::Null) => 0,
-                Some(Value::Number(n)) => match n.as_u64() {
-                    Some(ms) if ms <= MAX_LATENCY_MS => ms,
-                    _ => return Err(bad("latency_ms must be an integer from 0 to 600000")),
-                },
-                Some(_) => return Err(bad("latency_ms must be an integer from 0 to 600000")),
-            };
+            let latency_ms = fields::latency_ms(body.remove("latency_ms")).map_err(bad)?;
             Request::TcpRequest { latency_ms }
         }
         "tcp_shutdown" => {
