@@ -147,7 +147,7 @@ async fn start(config: Config, mut signals: Signals) -> Result<Started, StartupE
         idle_grace: config.idle_close_grace(),
     };
     let workers = config.worker_count();
-    Supervisor::launch(shutdown, db, signals, |core| {
+    Supervisor::launch(shutdown, Some(db), signals, |core| {
         server::start(listener, core, workers)
     });
     info!("listening on {local} with {workers} worker(s)");

@@ -62,4 +62,7 @@ pub use drain::{
 };
 pub use request::{RequestActor, WorkError};
 pub use signals::{ShutdownSignal, Signals};
-pub use supervisor::{CloseListener, Core, ShutdownSettings, StopTransport, Supervisor, Transport};
+pub use supervisor::{
+    CloseListener, Core, ShutdownSettings, StopTransport, Supervisor, Transport, TransportDrain,
+    TransportEnded,
+};

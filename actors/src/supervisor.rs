@@ -14,6 +14,12 @@
 //!    is written; then `Quiet` (every connection closed) → "closing DB": the
 //!    transport is stopped, the pool closed, and the System stops with
 //!    [`Outcome::exit_code`] → "exited".
+//!
+//! A transport with a protocol of its own (stdin's node protocol) can also
+//! start a drain with [`TransportDrain`], which does not end the process, and
+//! report the end of its input with [`TransportEnded`], which drains (if no
+//! drain is running) and exits 0. The process exits only once something asked
+//! it to: a signal, or the end of input.
 
 use std::time::Duration;
 
@@ -63,8 +69,8 @@ impl ShutdownSettings {
 pub struct Core {
     /// Admission, permits, connection guards.
     pub coordinator: Addr<DrainCoordinator>,
-    /// Where jobs are written.
-    pub db: Addr<DbActor>,
+    /// Where jobs are written (the HTTP service has a database; stdin mode has none).
+    pub db: Option<Addr<DbActor>>,
     /// The published phase, for health answers and `Connection: close`.
     pub phase: watch::Receiver<Phase>,
 }
@@ -79,6 +85,31 @@ pub struct CloseListener;
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct StopTransport;
+
+/// The transport's own protocol asks for a drain (stdin's `tcp_shutdown`): it
+/// runs like a signal's drain, without a shutdown delay, but it does not end
+/// the process. Answers the number of requests in flight.
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct TransportDrain {
+    /// How long in-flight work may run before it is cancelled.
+    pub drain_timeout: Duration,
+}
+
+/// The transport's input has ended (stdin closed): drain if no drain is
+/// running, then exit 0 — the replies already said what was cut short.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct TransportEnded;
+
+/// When the process exits once the drain is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ExitRule {
+    /// A signal asked: the outcome decides the code.
+    Outcome,
+    /// The input ended: always 0.
+    Zero,
+}
 
 /// How the Supervisor reaches the transport it runs.
 pub struct Transport {
@@ -111,6 +142,8 @@ enum Stage {
     Running,
     /// A drain is under way.
     Draining {
+        /// How long in-flight work may run once admission stops.
+        drain_timeout: Duration,
         /// The shutdown-delay timer, until the listener close begins.
         delay: Option<SpawnHandle>,
         /// Whether the listener close has begun.
@@ -124,9 +157,11 @@ enum Stage {
 pub struct Supervisor {
     settings: ShutdownSettings,
     coordinator: Addr<DrainCoordinator>,
-    db: Addr<DbActor>,
+    db: Option<Addr<DbActor>>,
     transport: Transport,
     stage: Stage,
+    /// Set once something asked for the process to end.
+    exit: Option<ExitRule>,
     /// The work's outcome, once the coordinator has reported it.
     outcome: Option<Outcome>,
     /// Whether every connection has closed.
@@ -136,11 +171,12 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Starts the Supervisor, the DrainCoordinator and the DbActor; builds the
-    /// transport with `transport` from the [`Core`]; listens to `triggers`.
+    /// Starts the Supervisor, the DrainCoordinator and the DbActor (if there is
+    /// a database); builds the transport with `transport` from the [`Core`];
+    /// listens to `triggers`.
     pub fn launch<S, F>(
         settings: ShutdownSettings,
-        db: DbActor,
+        db: Option<DbActor>,
         triggers: S,
         transport: F,
     ) -> Addr<Supervisor>
@@ -153,7 +189,7 @@ impl Supervisor {
             let phase = coordinator.subscribe();
             let core = Core {
                 coordinator: coordinator.start(),
-                db: db.start(),
+                db: db.map(Actor::start),
                 phase,
             };
             let transport = transport(&core);
@@ -164,6 +200,7 @@ impl Supervisor {
                 db: core.db,
                 transport,
                 stage: Stage::Running,
+                exit: None,
                 outcome: None,
                 quiet: false,
                 records: None,
@@ -171,29 +208,41 @@ impl Supervisor {
         })
     }
 
+    /// A signal's drain: the configured delay and timeout.
     fn begin_drain(&mut self, ctx: &mut Context<Self>) {
+        let (delay, timeout) = (self.settings.shutdown_delay, self.settings.drain_timeout);
+        self.begin_drain_with(delay, timeout, ctx);
+    }
+
+    fn begin_drain_with(
+        &mut self,
+        delay: Duration,
+        drain_timeout: Duration,
+        ctx: &mut Context<Self>,
+    ) {
         if !matches!(self.stage, Stage::Running) {
             return;
         }
         info!("draining server");
         // Sent now, so health turns 503 before anything else happens.
         let begun = self.coordinator.send(BeginDrain);
-        let db = self.db.clone();
-        self.records = Some(actix_rt::spawn(async move {
-            let Ok(in_flight) = begun.await else { return };
-            let deadline = tokio::time::Instant::now() + RECORD_TIMEOUT;
-            record(
-                "drain_begin",
-                deadline,
-                db.send(RecordDrainBegin { in_flight }),
-            )
-            .await;
-        }));
+        if let Some(db) = self.db.clone() {
+            self.records = Some(actix_rt::spawn(async move {
+                let Ok(in_flight) = begun.await else { return };
+                let deadline = tokio::time::Instant::now() + RECORD_TIMEOUT;
+                record(
+                    "drain_begin",
+                    deadline,
+                    db.send(RecordDrainBegin { in_flight }),
+                )
+                .await;
+            }));
+        }
         self.stage = Stage::Draining {
+            drain_timeout,
             delay: None,
             closing: false,
         };
-        let delay = self.settings.shutdown_delay;
         if delay.is_zero() {
             self.close_listener(ctx);
         } else {
@@ -210,7 +259,12 @@ impl Supervisor {
 
     /// Stops admission and closes the listener (once).
     fn close_listener(&mut self, ctx: &mut Context<Self>) {
-        let Stage::Draining { delay, closing, .. } = &mut self.stage else {
+        let Stage::Draining {
+            drain_timeout,
+            delay,
+            closing,
+        } = &mut self.stage
+        else {
             return;
         };
         if let Some(timer) = delay.take() {
@@ -221,7 +275,7 @@ impl Supervisor {
         }
         *closing = true;
         self.coordinator.do_send(StopAdmitting {
-            drain_timeout: self.settings.drain_timeout,
+            drain_timeout: *drain_timeout,
         });
         let closed = self.transport.close_listener.send(CloseListener);
         let coordinator = self.coordinator.clone();
@@ -272,7 +326,7 @@ impl Supervisor {
             }
         };
         let earlier = self.records.take();
-        let db = self.db.clone();
+        let Some(db) = self.db.clone() else { return };
         // One deadline for whatever is left of the records: the exit waits
         // for them at most RECORD_TIMEOUT from here.
         let deadline = tokio::time::Instant::now() + RECORD_TIMEOUT;
@@ -289,7 +343,7 @@ impl Supervisor {
 
     /// Once the work is done and the connections are gone: close the pool, exit.
     fn maybe_exit(&mut self, ctx: &mut Context<Self>) {
-        let (Some(outcome), true) = (self.outcome, self.quiet) else {
+        let (Some(outcome), true, Some(rule)) = (self.outcome, self.quiet, self.exit) else {
             return;
         };
         if matches!(self.stage, Stage::Exiting) {
@@ -300,13 +354,18 @@ impl Supervisor {
         info!("closing DB");
         let records = self.records.take();
         let db = self.db.clone();
-        let code = outcome.exit_code();
+        let code = match rule {
+            ExitRule::Outcome => outcome.exit_code(),
+            ExitRule::Zero => 0,
+        };
         ctx.spawn(
             async move {
                 if let Some(records) = records {
                     let _ = records.await;
                 }
-                let _ = db.send(ClosePool).await;
+                if let Some(db) = db {
+                    let _ = db.send(ClosePool).await;
+                }
             }
             .into_actor(self)
             .map(move |_, _, _| {
@@ -340,6 +399,8 @@ impl Actor for Supervisor {
 impl StreamHandler<ShutdownSignal> for Supervisor {
     /// A shutdown trigger: drain, cut short, or log and ignore.
     fn handle(&mut self, signal: ShutdownSignal, ctx: &mut Context<Self>) {
+        // A signal always means: exit once the drain is over.
+        self.exit.get_or_insert(ExitRule::Outcome);
         let draining = !matches!(self.stage, Stage::Running);
         match command_for(signal, draining) {
             Command::Drain => {
@@ -353,6 +414,7 @@ impl StreamHandler<ShutdownSignal> for Supervisor {
             }
             Command::Ignore => info!("{signal} received: a drain is already under way"),
         }
+        self.maybe_exit(ctx);
     }
 
     /// The triggers never end the Supervisor; only the drain does.
@@ -372,9 +434,176 @@ impl Handler<DrainReport> for Supervisor {
     }
 }
 
+impl Handler<TransportDrain> for Supervisor {
+    type Result = actix::ResponseFuture<usize>;
+
+    /// Starts a drain (once) without ending the process; answers the in-flight count.
+    fn handle(&mut self, msg: TransportDrain, ctx: &mut Context<Self>) -> Self::Result {
+        self.begin_drain_with(Duration::ZERO, msg.drain_timeout, ctx);
+        // Idempotent: answers the count as it stands after admission stopped.
+        let count = self.coordinator.send(BeginDrain);
+        Box::pin(async move { count.await.unwrap_or(0) })
+    }
+}
+
+impl Handler<TransportEnded> for Supervisor {
+    type Result = ();
+
+    /// Drains (if not yet) with the configured timeout, then exits 0.
+    fn handle(&mut self, _: TransportEnded, ctx: &mut Context<Self>) {
+        info!("end of input");
+        self.exit.get_or_insert(ExitRule::Zero);
+        let timeout = self.settings.drain_timeout;
+        self.begin_drain_with(Duration::ZERO, timeout, ctx);
+        self.maybe_exit(ctx);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::drain::{Admit, GetSnapshot};
+    use tokio::sync::mpsc;
+
+    /// A transport with nothing to close.
+    struct NoListener;
+
+    impl Actor for NoListener {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<CloseListener> for NoListener {
+        type Result = usize;
+        fn handle(&mut self, _: CloseListener, _: &mut Context<Self>) -> usize {
+            0
+        }
+    }
+
+    impl Handler<StopTransport> for NoListener {
+        type Result = ();
+        fn handle(&mut self, _: StopTransport, _: &mut Context<Self>) {}
+    }
+
+    const SETTINGS: ShutdownSettings = ShutdownSettings {
+        shutdown_delay: Duration::ZERO,
+        drain_timeout: Duration::from_secs(30),
+        idle_grace: Duration::from_millis(100),
+    };
+
+    /// Runs a Supervisor without a database; `script` drives it. Answers the
+    /// exit code the System stopped with.
+    fn run_supervisor<F, Fut>(script: F) -> i32
+    where
+        F: FnOnce(Addr<Supervisor>, Core, mpsc::UnboundedSender<ShutdownSignal>) -> Fut + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        let system = actix_rt::System::new();
+        system.block_on(async move {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let triggers = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|s| (s, rx))
+            });
+            let mut core = None;
+            let supervisor = Supervisor::launch(SETTINGS, None, triggers, |c| {
+                core = Some(c.clone());
+                let t = NoListener.start();
+                Transport {
+                    close_listener: t.clone().recipient(),
+                    stop: t.recipient(),
+                }
+            });
+            let core = core.expect("transport built");
+            actix_rt::spawn(script(supervisor, core, tx));
+        });
+        system.run_with_code().expect("system ran")
+    }
+
+    async fn outcome(core: &Core) -> Outcome {
+        loop {
+            let snap = core.coordinator.send(GetSnapshot).await.expect("alive");
+            if let Some(outcome) = snap.outcome {
+                return outcome;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[test]
+    fn a_signal_on_an_idle_service_exits_0() {
+        let code = run_supervisor(|_, _, signals| async move {
+            let _ = signals.send(ShutdownSignal::Terminate);
+        });
+        assert_eq!(code, 0);
+    }
+
+    #[test]
+    fn sigquit_cuts_the_work_and_exits_1() {
+        let code = run_supervisor(|_, core, signals| async move {
+            let mut permit = core
+                .coordinator
+                .send(Admit { conn: None })
+                .await
+                .expect("alive")
+                .expect("admitted");
+            let _ = signals.send(ShutdownSignal::Quit);
+            assert_eq!(permit.cancelled().await, CancelReason::ShutdownForced);
+            permit.mark_cancelled();
+        });
+        assert_eq!(code, 1);
+    }
+
+    /// A protocol drain (tcp_shutdown) that is cut at its deadline does not end
+    /// the process; the end of input does, with 0.
+    #[test]
+    fn a_transport_drain_keeps_running_until_the_input_ends() {
+        let code = run_supervisor(|supervisor, core, _signals| async move {
+            let mut permit = core
+                .coordinator
+                .send(Admit { conn: None })
+                .await
+                .expect("alive")
+                .expect("admitted");
+            let in_flight = supervisor
+                .send(TransportDrain {
+                    drain_timeout: Duration::ZERO,
+                })
+                .await
+                .expect("alive");
+            assert_eq!(in_flight, 1);
+            assert_eq!(permit.cancelled().await, CancelReason::DrainTimeout);
+            permit.mark_cancelled();
+            drop(permit);
+            assert!(matches!(outcome(&core).await, Outcome::CutShort { .. }));
+            // Still running: a second drain request answers, changing nothing.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let again = supervisor
+                .send(TransportDrain {
+                    drain_timeout: Duration::from_secs(60),
+                })
+                .await
+                .expect("the supervisor is still running");
+            assert_eq!(again, 0);
+            supervisor.do_send(TransportEnded);
+        });
+        assert_eq!(code, 0, "end of input exits 0 even after a cut drain");
+    }
+
+    #[test]
+    fn a_signal_after_a_finished_transport_drain_exits_with_its_outcome() {
+        let code = run_supervisor(|supervisor, core, signals| async move {
+            let in_flight = supervisor
+                .send(TransportDrain {
+                    drain_timeout: Duration::from_secs(5),
+                })
+                .await
+                .expect("alive");
+            assert_eq!(in_flight, 0);
+            assert_eq!(outcome(&core).await, Outcome::Drained);
+            let _ = signals.send(ShutdownSignal::Terminate);
+        });
+        assert_eq!(code, 0);
+    }
 
     #[test]
     fn signal_table() {

@@ -64,7 +64,9 @@ pub async fn post_work(
         .send(Admit { conn })
         .await?
         .map_err(|_| ApiError::ShuttingDown)?;
-    let stored = RequestActor::new(permit, core.db.clone())
+    // The HTTP service always runs with a database (start-up requires it).
+    let db = core.db.clone().ok_or(ApiError::Internal)?;
+    let stored = RequestActor::new(permit, db)
         .start()
         .send(Process {
             name: job.name,
