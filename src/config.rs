@@ -29,6 +29,10 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "drainer", version, about, after_help = AFTER_HELP)]
 pub struct Config {
+    /// Speak the node protocol on stdin/stdout instead of serving HTTP (no database needed).
+    #[arg(long)]
+    pub stdin: bool,
+
     /// TCP port to listen on (0 picks a free port; the log says which).
     #[arg(long, env = "PORT", default_value_t = 3000)]
     pub port: u16,

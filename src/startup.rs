@@ -76,6 +76,16 @@ pub fn run() -> i32 {
         }
     };
     init_logging();
+    if config.stdin {
+        system.block_on(async { start_stdin(&config, signals) });
+        return match system.run_with_code() {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("drainer: the actor system failed: {e}");
+                1
+            }
+        };
+    }
     match system.block_on(start(config, signals)) {
         Ok(Started::Serving) => {}
         Ok(Started::Interrupted(signal)) => {
@@ -103,6 +113,21 @@ fn init_logging() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
+}
+
+/// Launches the actors with the stdin transport: no database, no port, and
+/// no shutdown delay (there is no load balancer to tell).
+fn start_stdin(config: &Config, signals: Signals) {
+    let shutdown = ShutdownSettings {
+        shutdown_delay: std::time::Duration::ZERO,
+        drain_timeout: config.drain_timeout(),
+        idle_grace: config.idle_close_grace(),
+    };
+    let drain_timeout = config.drain_timeout();
+    Supervisor::launch(shutdown, None, signals, |core| {
+        crate::stdin::node::start(core, drain_timeout)
+    });
+    info!("speaking the node protocol on stdin and stdout");
 }
 
 /// Binds the port, opens the database, registers, and launches the actors.

@@ -105,6 +105,9 @@ pub enum Phase {
     Draining {
         /// Whether new work is still admitted.
         admitting: bool,
+        /// Set once the drain is cut short: why. Transports that hold their
+        /// permits themselves (stdin) answer and drop them on seeing it.
+        cut: Option<CancelReason>,
     },
     /// The drain is over.
     Stopped,
@@ -118,7 +121,14 @@ impl Phase {
 
     /// Whether new work would (probably) be admitted.
     pub fn admitting(self) -> bool {
-        matches!(self, Phase::Active | Phase::Draining { admitting: true })
+        matches!(
+            self,
+            Phase::Active
+                | Phase::Draining {
+                    admitting: true,
+                    ..
+                }
+        )
     }
 }
 
@@ -425,6 +435,7 @@ impl DrainCoordinator {
             DrainState::Active => Phase::Active,
             DrainState::Draining(d) => Phase::Draining {
                 admitting: d.admitting,
+                cut: d.cut.as_ref().map(|c| c.reason),
             },
             DrainState::Stopped(_) => Phase::Stopped,
         }
@@ -856,7 +867,13 @@ mod tests {
     async fn admits_during_delay_rejects_after() {
         let h = start();
         assert_eq!(h.coordinator.send(BeginDrain).await.unwrap(), 0);
-        assert_eq!(*h.phase.borrow(), Phase::Draining { admitting: true });
+        assert_eq!(
+            *h.phase.borrow(),
+            Phase::Draining {
+                admitting: true,
+                cut: None
+            }
+        );
         let during_delay = h.admit().await.expect("admitted during the delay");
         h.coordinator
             .send(StopAdmitting {
@@ -864,7 +881,13 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(*h.phase.borrow(), Phase::Draining { admitting: false });
+        assert_eq!(
+            *h.phase.borrow(),
+            Phase::Draining {
+                admitting: false,
+                cut: None
+            }
+        );
         assert_eq!(h.admit().await.unwrap_err(), ShuttingDown);
         assert!(h.reports().is_empty(), "work still in flight");
         drop(during_delay);
@@ -1004,7 +1027,13 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(*h.phase.borrow(), Phase::Draining { admitting: false });
+        assert_eq!(
+            *h.phase.borrow(),
+            Phase::Draining {
+                admitting: false,
+                cut: None
+            }
+        );
         let mut permit = permit;
         let t = tokio::time::Instant::now();
         assert_eq!(permit.cancelled().await, CancelReason::DrainTimeout);

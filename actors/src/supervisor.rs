@@ -73,6 +73,10 @@ pub struct Core {
     pub db: Option<Addr<DbActor>>,
     /// The published phase, for health answers and `Connection: close`.
     pub phase: watch::Receiver<Phase>,
+    /// Where a transport's own protocol asks for a drain.
+    pub drain: Recipient<TransportDrain>,
+    /// Where a transport reports the end of its input.
+    pub ended: Recipient<TransportEnded>,
 }
 
 /// Tells the transport to stop accepting: close the listening socket, serving
@@ -191,6 +195,8 @@ impl Supervisor {
                 coordinator: coordinator.start(),
                 db: db.map(Actor::start),
                 phase,
+                drain: ctx.address().recipient(),
+                ended: ctx.address().recipient(),
             };
             let transport = transport(&core);
             ctx.add_stream(triggers);
@@ -351,7 +357,9 @@ impl Supervisor {
         }
         self.stage = Stage::Exiting;
         self.transport.stop.do_send(StopTransport);
-        info!("closing DB");
+        if self.db.is_some() {
+            info!("closing DB");
+        }
         let records = self.records.take();
         let db = self.db.clone();
         let code = match rule {
