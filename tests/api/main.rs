@@ -4,4 +4,5 @@
 mod contract;
 mod shutdown;
 mod startup;
+mod stdin;
 mod support;

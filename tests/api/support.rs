@@ -9,7 +9,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -137,20 +137,107 @@ pub struct Server {
 
 /// Starts `drainer` with `env` (plus PORT=0 and RUST_LOG) without waiting.
 pub fn spawn(env: &[(&str, &str)]) -> Server {
+    spawn_with(&[], env, Stdio::null(), Stdio::null()).0
+}
+
+/// A `drainer --stdin` node: its stdin to write lines to, its stdout lines
+/// (with the time each arrived) to read.
+pub struct Node {
+    pub server: Server,
+    stdin: Option<ChildStdin>,
+    out: mpsc::Receiver<(String, Instant)>,
+}
+
+/// Starts `drainer --stdin` with `env`.
+pub fn node(env: &[(&str, &str)]) -> Node {
+    let (mut server, stdin, stdout) = spawn_with(&["--stdin"], env, Stdio::piped(), Stdio::piped());
+    let (tx, out) = mpsc::channel();
+    let stdout = stdout.expect("piped stdout");
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send((line, Instant::now())).is_err() {
+                break;
+            }
+        }
+    });
+    server.wait_for_log("speaking the node protocol");
+    Node { server, stdin, out }
+}
+
+impl Node {
+    /// Writes `lines` in one write, each followed by a newline.
+    pub fn send(&mut self, lines: &[String]) -> Instant {
+        let mut text = lines.join("\n");
+        text.push('\n');
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin.write_all(text.as_bytes()).expect("write to the node");
+        stdin.flush().expect("flush to the node");
+        Instant::now()
+    }
+
+    /// The next line the node wrote, and when it arrived.
+    pub fn recv(&mut self) -> (String, Instant) {
+        self.out
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("no reply within {PATIENCE:?}; log:\n{}", self.server.log()))
+    }
+
+    /// The next line, parsed.
+    pub fn recv_json(&mut self) -> serde_json::Value {
+        let (line, _) = self.recv();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    /// True if the node writes nothing for `quiet`.
+    pub fn silent_for(&mut self, quiet: Duration) -> bool {
+        match self.out.recv_timeout(quiet) {
+            Ok((line, _)) => panic!("unexpected line: {line}"),
+            Err(_) => true,
+        }
+    }
+
+    /// Ends the node's input.
+    pub fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+}
+
+/// A protocol line from c1 to n1.
+pub fn msg(kind: &str, msg_id: u64, extra: &str) -> String {
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!(", {extra}")
+    };
+    format!(
+        r#"{{"src": "c1", "dest": "n1", "body": {{"type": "{kind}", "msg_id": {msg_id}{extra}}}}}"#
+    )
+}
+
+fn spawn_with(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Stdio,
+    stdout: Stdio,
+) -> (Server, Option<ChildStdin>, Option<ChildStdout>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_drainer"));
+    cmd.args(args);
     cmd.env_remove("DATABASE_URL")
         .env("PORT", "0")
         .env("BIND_ADDRESS", "127.0.0.1")
         .env("RUST_LOG", "info,drainer_actors::drain=debug")
         .env("INSTANCE_HOST", "test-host")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdin(stdin)
+        .stdout(stdout)
         .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn the drainer binary");
     let pid = child.id() as i32;
+    let child_stdin = child.stdin.take();
+    let child_stdout = child.stdout.take();
     let stderr = child.stderr.take().expect("piped stderr");
     let log = Arc::new(Mutex::new(String::new()));
     let (tx, lines) = mpsc::channel();
@@ -163,7 +250,7 @@ pub fn spawn(env: &[(&str, &str)]) -> Server {
             let _ = tx.send(line);
         }
     });
-    Server {
+    let server = Server {
         child: Some(child),
         pid,
         port: 0,
@@ -171,7 +258,8 @@ pub fn spawn(env: &[(&str, &str)]) -> Server {
         lines,
         exit: None,
         reader: Some(reader),
-    }
+    };
+    (server, child_stdin, child_stdout)
 }
 
 impl Server {
