@@ -12,8 +12,8 @@
 //! - [`fields`] — field rules both transports share (`latency_ms`).
 //! - [`http`] — the routes, the drain-policy middleware, and the one error
 //!   type that becomes every JSON error response.
-//! - [`stdin`] — the node protocol's codec (newline-delimited JSON), for the
-//!   coming `--stdin` transport.
+//! - [`stdin`] — the stdin transport (`--stdin`): the node protocol's codec
+//!   and the node that feeds it to the same actors.
 //!
 //! The actors themselves — Supervisor, DrainCoordinator, RequestActor, DbActor
 //! — live in the `drainer-actors` crate, which knows nothing of HTTP.
