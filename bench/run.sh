@@ -10,6 +10,8 @@
 #               each on a fresh server: warm-up, then
 #               wrk -t2 -c64 -d${BENCH_SECONDS}s --latency -s bench/post_work.lua
 #   exit        bench/exit_latency.py, BENCH_EXIT_RUNS runs per build
+#   stdin       bench/stdin_bench.py: drainer --stdin, BENCH_STDIN_COUNT requests
+#               (100000), BENCH_STDIN_RUNS runs (3)
 # prints a markdown table of medians and drainer/bare ratios and writes it into the
 # results section of docs/benchmarks.md.
 #
@@ -167,6 +169,13 @@ for b in $builds; do
     tail -n 1 "$out/$b.exit.txt" | grep -q '^{' || die "exit_latency.py produced no summary for $b (see $out/$b.exit.log)"
 done
 
+# --- stdin mode ----------------------------------------------------------------------
+if [[ " $builds " == *" drainer "* ]]; then
+    say "stdin mode: ${BENCH_STDIN_COUNT:-100000} requests, ${BENCH_STDIN_RUNS:-3} runs"
+    python3 bench/stdin_bench.py --json --runs "${BENCH_STDIN_RUNS:-3}" --count "${BENCH_STDIN_COUNT:-100000}" \
+        -- "${bin[drainer]}" >"$out/stdin.json" || die "stdin_bench.py failed"
+fi
+
 # --- report ------------------------------------------------------------------------
 mem_kib=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo 2>/dev/null || true)
 cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
@@ -262,6 +271,23 @@ for label, key, fmt, target, ok in rows:
                  + f" | {ratio(key)} | {target} | {verdict(ok)} |")
 table = "\n".join(lines)
 
+stdin_table = ""
+if os.path.exists(f"{out}/stdin.json"):
+    with open(f"{out}/stdin.json") as fh:
+        st = json.loads(fh.read().strip().splitlines()[-1])
+    n = st["count"]
+    stdin_table = "\n".join([
+        "",
+        f"Stdin mode (`drainer --stdin`, {n:,} requests piped in one go; median of the runs):",
+        "",
+        "| metric | drainer --stdin | target | |",
+        "|---|---:|---|---|",
+        f"| zero-latency burst, replies/s | {st['burst_replies_per_s']:,} | ≥ 200,000 | {verdict(st['burst_replies_per_s'] >= 200_000)} |",
+        f"| {n:,} concurrent 10 ms requests, replies/s | {st['concurrent_10ms_replies_per_s']:,} | — | |",
+        f"| peak RSS with {st['in_flight_seen']:,} in flight at once, MiB | {st['peak_rss_mib']} | < 200 | {verdict(st['peak_rss_mib'] < 200)} |",
+        "",
+    ])
+
 detail = ["| build | round | req/s | p99 ms | requests | errors | exit status after SIGTERM |",
           "|---|---:|---:|---:|---:|---:|---:|"]
 for c in cols:
@@ -288,14 +314,14 @@ Recorded on {env['BENCH_DATE']} (commit: {env['BENCH_COMMIT']}) with `make bench
 - Method: {env['BENCH_PARAMS']}.
 
 {table}
-
+{stdin_table}
 Per round:
 
 {chr(10).join(detail)}
 
 {chr(10).join(notes)}
 """
-print("\n" + table + "\n")
+print("\n" + table + "\n" + stdin_table)
 print("\n".join(notes))
 
 if write_docs:
