@@ -471,7 +471,7 @@ impl Handler<TransportEnded> for Supervisor {
 mod tests {
     use super::*;
 
-    use crate::drain::{Admit, GetSnapshot};
+    use crate::drain::{Admit, GetSnapshot, Permit};
     use tokio::sync::mpsc;
 
     /// A transport with nothing to close.
@@ -527,6 +527,14 @@ mod tests {
         system.run_with_code().expect("system ran")
     }
 
+    async fn admit(core: &Core) -> Permit {
+        core.coordinator
+            .send(Admit { conn: None })
+            .await
+            .expect("alive")
+            .expect("admitted")
+    }
+
     async fn outcome(core: &Core) -> Outcome {
         loop {
             let snap = core.coordinator.send(GetSnapshot).await.expect("alive");
@@ -548,12 +556,7 @@ mod tests {
     #[test]
     fn sigquit_cuts_the_work_and_exits_1() {
         let code = run_supervisor(|_, core, signals| async move {
-            let mut permit = core
-                .coordinator
-                .send(Admit { conn: None })
-                .await
-                .expect("alive")
-                .expect("admitted");
+            let mut permit = admit(&core).await;
             let _ = signals.send(ShutdownSignal::Quit);
             assert_eq!(permit.cancelled().await, CancelReason::ShutdownForced);
             permit.mark_cancelled();
@@ -566,12 +569,7 @@ mod tests {
     #[test]
     fn a_transport_drain_keeps_running_until_the_input_ends() {
         let code = run_supervisor(|supervisor, core, _signals| async move {
-            let mut permit = core
-                .coordinator
-                .send(Admit { conn: None })
-                .await
-                .expect("alive")
-                .expect("admitted");
+            let mut permit = admit(&core).await;
             let in_flight = supervisor
                 .send(TransportDrain {
                     drain_timeout: Duration::ZERO,
