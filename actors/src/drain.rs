@@ -465,15 +465,23 @@ impl DrainCoordinator {
         if let DrainState::Draining(d) = &mut self.state {
             if d.admitting {
                 d.admitting = false;
-                d.deadline = Some(ctx.run_later(drain_timeout, |act, ctx| {
-                    act.cut_short(CancelReason::DrainTimeout, ctx)
-                }));
+                // A zero timeout cuts right here, before anyone is answered,
+                // so the cut is visible to whoever asked for the drain.
+                if !drain_timeout.is_zero() {
+                    d.deadline = Some(ctx.run_later(drain_timeout, |act, ctx| {
+                        act.cut_short(CancelReason::DrainTimeout, ctx)
+                    }));
+                }
                 info!(
                     "no longer admitting; {} in flight, deadline in {} ms",
                     self.requests.len(),
                     drain_timeout.as_millis()
                 );
                 self.publish();
+                if drain_timeout.is_zero() {
+                    self.cut_short(CancelReason::DrainTimeout, ctx);
+                    return;
+                }
             }
         }
         self.check_work_done(ctx);
@@ -1144,6 +1152,27 @@ mod tests {
             h.reports(),
             vec![DrainReport::WorkDone(Outcome::Drained), DrainReport::Quiet]
         );
+    }
+
+    #[actix_rt::test]
+    async fn a_zero_drain_timeout_cuts_before_the_answer() {
+        let h = start();
+        let mut permit = h.admit().await.unwrap();
+        h.coordinator
+            .send(StopAdmitting {
+                drain_timeout: Duration::ZERO,
+            })
+            .await
+            .unwrap();
+        // Already published when StopAdmitting has been handled.
+        assert_eq!(
+            *h.phase.borrow(),
+            Phase::Draining {
+                admitting: false,
+                cut: Some(CancelReason::DrainTimeout)
+            }
+        );
+        assert_eq!(permit.cancelled().await, CancelReason::DrainTimeout);
     }
 
     #[actix_rt::test]

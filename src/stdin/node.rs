@@ -121,8 +121,8 @@ struct Pending {
     deadline: Instant,
     /// Arrival order, for ties.
     seq: u64,
-    /// The node's id when the request arrived (before `init`: its dest).
-    node: String,
+    /// The request's dest: the node's id in the reply if `init` has not named it.
+    dest: String,
     src: String,
     in_reply_to: u64,
     latency_ms: u64,
@@ -243,12 +243,31 @@ impl StdinNode {
     /// Handles queued lines in order until one needs a round trip.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         while !self.busy {
+            self.check_cut(ctx);
             let Some((line, at)) = self.lines.pop_front() else {
                 break;
             };
+            self.complete_due(at, ctx);
             self.handle_line(&line, at, ctx);
         }
         self.flush();
+    }
+
+    /// Answers what is queued if the drain has been cut, as soon as the
+    /// published phase says so (not only when the phase stream is polled).
+    fn check_cut(&mut self, ctx: &mut Context<Self>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let phase = *self.core.phase.borrow();
+        match phase {
+            Phase::Draining {
+                cut: Some(reason), ..
+            } => self.cancel_all(reason, ctx),
+            // The coordinator gave up on them: they are answered all the same.
+            Phase::Stopped => self.cancel_all(CancelReason::DrainTimeout, ctx),
+            _ => {}
+        }
     }
 
     fn handle_line(&mut self, line: &[u8], at: Instant, ctx: &mut Context<Self>) {
@@ -314,7 +333,6 @@ impl StdinNode {
                 let admit = self.core.coordinator.send(Admit { conn: None });
                 ctx.wait(admit.into_actor(self).map(move |admitted, act, ctx| {
                     act.busy = false;
-                    let me = act.me(&dest);
                     match admitted {
                         Ok(Ok(permit)) => {
                             let seq = act.next_seq;
@@ -322,7 +340,7 @@ impl StdinNode {
                             act.pending.push(Pending {
                                 deadline: at + Duration::from_millis(latency_ms),
                                 seq,
-                                node: me,
+                                dest,
                                 src,
                                 in_reply_to: msg_id,
                                 latency_ms,
@@ -331,7 +349,7 @@ impl StdinNode {
                             act.arm(ctx);
                         }
                         _ => act.reply(
-                            me,
+                            act.me(&dest),
                             src,
                             msg_id,
                             ReplyBody::TcpRequestError {
@@ -431,9 +449,7 @@ impl StdinNode {
             (_, None, c) => (
                 "draining",
                 s.in_flight,
-                c.map_or(0, |c| {
-                    u64::try_from(c.since.elapsed().as_millis()).unwrap_or(u64::MAX)
-                }),
+                c.map_or(0, |c| round_ms(c.since.elapsed())),
             ),
         }
     }
@@ -452,20 +468,23 @@ impl StdinNode {
         let wait = next.saturating_duration_since(Instant::now());
         let handle = ctx.run_later(wait, |act, ctx| {
             act.timer = None;
-            act.complete_due(ctx);
+            act.complete_due(Instant::now(), ctx);
         });
         self.timer = Some((next, handle));
     }
 
-    /// Answers every request whose deadline has passed, in deadline order.
-    fn complete_due(&mut self, ctx: &mut Context<Self>) {
-        let now = Instant::now();
+    /// Answers every request whose deadline is at or before `now`, in
+    /// deadline order. Called by the timer, and before each input line with
+    /// the line's arrival: a request due before a line arrived is answered
+    /// before that line, however late the timer wakes up.
+    fn complete_due(&mut self, now: Instant, ctx: &mut Context<Self>) {
         while self.pending.peek().is_some_and(|p| p.deadline <= now) {
             if let Some(done) = self.pending.pop() {
                 let body = ReplyBody::TcpRequestOk {
                     duration_ms: done.latency_ms,
                 };
-                self.reply(done.node, done.src, done.in_reply_to, body);
+                let me = self.me(&done.dest);
+                self.reply(me, done.src, done.in_reply_to, body);
                 drop(done.permit);
             }
         }
@@ -483,9 +502,9 @@ impl StdinNode {
             let body = ReplyBody::TcpRequestError {
                 error: reason.as_str(),
             };
-            let node = std::mem::take(&mut p.node);
+            let me = self.me(&p.dest);
             let src = std::mem::take(&mut p.src);
-            self.reply(node, src, p.in_reply_to, body);
+            self.reply(me, src, p.in_reply_to, body);
             p.permit.mark_cancelled();
             cancelled += 1;
         }
@@ -519,13 +538,11 @@ impl StreamHandler<Input> for StdinNode {
 impl StreamHandler<Phase> for StdinNode {
     /// Notices a drain (for the clock) and a cut (to answer what is queued).
     fn handle(&mut self, phase: Phase, ctx: &mut Context<Self>) {
-        if let Phase::Draining { cut, .. } = phase {
+        if let Phase::Draining { .. } = phase {
             let timeout = self.default_drain_timeout;
             self.start_clock(Instant::now(), timeout);
-            if let Some(reason) = cut {
-                self.cancel_all(reason, ctx);
-            }
         }
+        self.check_cut(ctx);
     }
 
     fn finished(&mut self, _: &mut Context<Self>) {}

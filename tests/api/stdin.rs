@@ -118,6 +118,46 @@ fn zero_latency_is_answered_before_the_next_line_and_never_counted() {
         (s["body"]["status"].clone(), s["body"]["remaining"].clone()),
         ("active".into(), 0.into())
     );
+    n.close_stdin();
+    assert_eq!(n.server.wait_exit(PATIENCE).0, 0);
+    assert!(
+        !n.server.log().contains("admitted request"),
+        "a zero-latency request never asks to be admitted"
+    );
+}
+
+/// A request due before a line arrived is answered before that line, even
+/// when the process was paused past the deadline (its timer fires late).
+#[test]
+fn a_late_timer_does_not_let_a_later_line_overtake_an_earlier_deadline() {
+    let mut n = node(&[]);
+    n.send(&[request(2, 40)]);
+    n.server.wait_admitted(1);
+    n.server.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(150));
+    n.send(&[request(3, 0), status(4)]);
+    n.server.signal(libc::SIGCONT);
+    assert_eq!(kind(&n.recv_json()), ("tcp_request_ok".into(), 2));
+    assert_eq!(kind(&n.recv_json()), ("tcp_request_ok".into(), 3));
+    let s = n.recv_json();
+    assert_eq!(
+        s["body"]["remaining"], 0,
+        "the due request is no longer in flight"
+    );
+}
+
+#[test]
+fn init_renames_the_node_for_replies_still_to_come() {
+    let mut n = node(&[]);
+    n.send(&[
+        msg("tcp_request", 2, r#""latency_ms": 200"#).replace(r#""dest": "n1""#, r#""dest": "n9""#)
+    ]);
+    n.server.wait_admitted(1);
+    n.send(&[init()]);
+    assert_eq!(n.recv_json()["src"], "n1");
+    let v = n.recv_json();
+    assert_eq!(kind(&v), ("tcp_request_ok".into(), 2));
+    assert_eq!(v["src"], "n1", "node_id is the node's id from then on");
 }
 
 #[test]
@@ -189,7 +229,13 @@ fn the_deadline_cancels_stragglers_and_status_says_timed_out() {
 #[test]
 fn drain_timeout_zero_cancels_at_once_after_the_shutdown_reply() {
     let mut n = node(&[]);
-    n.send(&[request(2, 5000), request(3, 5000), shutdown(4, 0)]);
+    n.send(&[
+        request(2, 5000),
+        request(3, 5000),
+        shutdown(4, 0),
+        status(5),
+        msg("echo", 6, ""),
+    ]);
     let ok = n.recv_json();
     assert_eq!(kind(&ok), ("tcp_shutdown_ok".into(), 4));
     assert_eq!(ok["body"]["in_flight"], 2);
@@ -198,6 +244,18 @@ fn drain_timeout_zero_cancels_at_once_after_the_shutdown_reply() {
         assert_eq!(kind(&v), ("tcp_request_error".into(), id));
         assert_eq!(v["body"]["error"], "drain_timeout");
     }
+    // At once: before the next line of the same batch is handled.
+    let s = n.recv_json();
+    assert_eq!(kind(&s), ("tcp_drain_status_ok".into(), 5));
+    assert_eq!(
+        (
+            s["body"]["status"].clone(),
+            s["body"]["remaining"].clone(),
+            s["body"]["took_ms"].clone()
+        ),
+        ("timed_out".into(), 2.into(), 0.into())
+    );
+    assert_eq!(kind(&n.recv_json()), ("error".into(), 6));
 }
 
 #[test]
@@ -277,6 +335,39 @@ fn end_of_input_during_a_drain_is_bounded_by_its_deadline_and_exits_0() {
 }
 
 #[test]
+fn end_of_input_is_bounded_by_the_configured_drain_timeout() {
+    let mut n = node(&[("DRAIN_TIMEOUT_MS", "200")]);
+    n.send(&[request(2, 10_000)]);
+    n.server.wait_admitted(1);
+    let closed = Instant::now();
+    n.close_stdin();
+    assert_eq!(n.recv_json()["body"]["error"], "drain_timeout");
+    let (code, exited) = n.server.wait_exit(PATIENCE);
+    assert_eq!(code, 0, "end of input always exits 0");
+    assert!(exited - closed < Duration::from_secs(2));
+}
+
+#[test]
+fn sigint_during_a_protocol_drain_cuts_it_and_exits_1() {
+    let mut n = node(&[]);
+    n.send(&[request(2, 10_000), shutdown(3, 60_000)]);
+    assert_eq!(kind(&n.recv_json()), ("tcp_shutdown_ok".into(), 3));
+    n.server.signal(libc::SIGINT);
+    assert_eq!(n.recv_json()["body"]["error"], "shutdown_forced");
+    assert_eq!(n.server.wait_exit(PATIENCE).0, 1);
+}
+
+#[test]
+fn a_signal_after_a_timed_out_drain_exits_1() {
+    let mut n = node(&[]);
+    n.send(&[request(2, 10_000), shutdown(3, 100)]);
+    n.recv_json();
+    assert_eq!(n.recv_json()["body"]["error"], "drain_timeout");
+    n.server.signal(libc::SIGTERM);
+    assert_eq!(n.server.wait_exit(PATIENCE).0, 1, "requests were cut short");
+}
+
+#[test]
 fn sigterm_drains_and_exits_0_while_stdin_is_still_open() {
     let mut n = node(&[]);
     n.send(&[request(2, 300)]);
@@ -328,8 +419,7 @@ fn malformed_lines_are_logged_use_no_msg_id_and_messages_before_init_use_dest() 
         n.recv().0,
         r#"{"src": "n9", "dest": "c1", "body": {"type": "tcp_request_ok", "in_reply_to": 7, "result": "processed", "duration_ms": 0, "msg_id": 0}}"#
     );
-    let log = n.server.log();
-    assert!(log.contains("malformed line"), "{log}");
+    n.server.wait_for_log("malformed line");
 }
 
 #[test]
@@ -363,10 +453,10 @@ fn unknown_types_and_bad_fields_get_error_replies() {
         .as_str()
         .unwrap()
         .contains("drain_timeout_ms"));
-    assert!(
-        n.silent_for(Duration::from_millis(100)),
-        "the shutdown was not taken"
-    );
+    // The bad shutdown was not taken: requests are still processed.
+    n.send(&[request(7, 10)]);
+    assert_eq!(kind(&n.recv_json()), ("tcp_request_ok".into(), 7));
+    assert!(n.silent_for(Duration::from_millis(100)));
 }
 
 #[test]
