@@ -405,6 +405,91 @@ mod tests {
         }
     }
 
+    /// xorshift64: a deterministic stream of pseudo-random numbers.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        /// An arbitrary JSON value, nested up to `depth`, biased towards the
+        /// keys and types the parser looks at.
+        fn value(&mut self, depth: u32) -> Value {
+            const KEYS: [&str; 9] = [
+                "src",
+                "dest",
+                "body",
+                "type",
+                "msg_id",
+                "latency_ms",
+                "drain_timeout_ms",
+                "node_id",
+                "data",
+            ];
+            const TYPES: [&str; 5] = [
+                "init",
+                "tcp_request",
+                "tcp_shutdown",
+                "tcp_drain_status",
+                "x",
+            ];
+            match self.below(if depth == 0 { 6 } else { 8 }) {
+                0 => Value::Null,
+                1 => Value::Bool(self.next() % 2 == 0),
+                2 => serde_json::json!(self.next() as i64 >> self.below(64)),
+                3 => serde_json::json!((self.next() as f64) / 1e15 - 1e3),
+                4 => Value::String(TYPES[self.below(TYPES.len())].to_string()),
+                5 => Value::String(
+                    (0..self.below(8))
+                        .map(|_| char::from_u32(self.next() as u32 % 0x3000).unwrap_or('?'))
+                        .collect(),
+                ),
+                6 => Value::Array((0..self.below(4)).map(|_| self.value(depth - 1)).collect()),
+                _ => Value::Object(
+                    (0..self.below(6))
+                        .map(|_| {
+                            (
+                                KEYS[self.below(KEYS.len())].to_string(),
+                                self.value(depth - 1),
+                            )
+                        })
+                        .collect(),
+                ),
+            }
+        }
+    }
+
+    /// Arbitrary JSON values, nested and at every position of the envelope:
+    /// the parser answers every one of them with a value, never a panic.
+    #[test]
+    fn the_parser_never_panics_on_arbitrary_json_values() {
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        for _ in 0..20_000 {
+            let envelope = if rng.below(4) == 0 {
+                rng.value(4)
+            } else {
+                serde_json::json!({
+                    "src": rng.value(1),
+                    "dest": rng.value(1),
+                    "body": rng.value(3),
+                })
+            };
+            let line = envelope.to_string();
+            let _ = parse_line(line.as_bytes());
+            // Truncated lines too.
+            let cut = rng.below(line.len() + 1);
+            let _ = parse_line(&line.as_bytes()[..cut]);
+        }
+    }
+
     /// A small deterministic generator: arbitrary bytes and arbitrary JSON
     /// values never make the parser panic, and every reply it leads to is one
     /// line of valid JSON.
