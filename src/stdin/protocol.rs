@@ -443,7 +443,7 @@ mod tests {
             ];
             match self.below(if depth == 0 { 6 } else { 8 }) {
                 0 => Value::Null,
-                1 => Value::Bool(self.next() % 2 == 0),
+                1 => Value::Bool(self.next().is_multiple_of(2)),
                 2 => serde_json::json!(self.next() as i64 >> self.below(64)),
                 3 => serde_json::json!((self.next() as f64) / 1e15 - 1e3),
                 4 => Value::String(TYPES[self.below(TYPES.len())].to_string()),
