@@ -395,6 +395,8 @@ pub struct DrainCoordinator {
     listener_closed: bool,
     /// Whether `Quiet` has been reported (it is reported once).
     quiet: bool,
+    /// Set by a cut: idle connections are closed without the grace.
+    hurry: bool,
     /// How long, after the work is done, connections may take to close before
     /// they are closed for them (a client that will not read its answer).
     linger: Duration,
@@ -418,6 +420,7 @@ impl DrainCoordinator {
             next_request: 1,
             listener_closed: false,
             quiet: false,
+            hurry: false,
             linger,
             linger_timer: None,
             phase,
@@ -487,7 +490,8 @@ impl DrainCoordinator {
         self.check_work_done(ctx);
     }
 
-    /// Cancels every request in flight (once).
+    /// Cancels every request in flight (once). With nothing in flight there
+    /// is nothing to cut: the drain simply completes.
     fn cut_short(&mut self, reason: CancelReason, ctx: &mut Context<Self>) {
         if let DrainState::Stopped(_) = self.state {
             // The work is over; only connections remain: close them now.
@@ -499,6 +503,19 @@ impl DrainCoordinator {
         }
         self.begin();
         let remaining = self.requests.len();
+        // Whatever the work, a cut means no grace for idle connections.
+        self.hurry = true;
+        if remaining == 0 {
+            if let DrainState::Draining(d) = &mut self.state {
+                d.admitting = false;
+            }
+            self.publish();
+            if self.listener_closed {
+                self.close_idle();
+            }
+            self.check_work_done(ctx);
+            return;
+        }
         if let DrainState::Draining(d) = &mut self.state {
             if d.cut.is_some() {
                 return;
@@ -630,11 +647,7 @@ impl DrainCoordinator {
     }
 
     fn is_cut(&self) -> bool {
-        matches!(
-            self.state,
-            DrainState::Draining(Drain { cut: Some(_), .. })
-                | DrainState::Stopped(Outcome::CutShort { .. })
-        )
+        self.hurry
     }
 }
 
@@ -1173,6 +1186,19 @@ mod tests {
             }
         );
         assert_eq!(permit.cancelled().await, CancelReason::DrainTimeout);
+    }
+
+    #[actix_rt::test]
+    async fn a_cut_with_nothing_in_flight_is_a_completed_drain() {
+        let h = start();
+        h.coordinator
+            .send(CutShort {
+                reason: CancelReason::ShutdownForced,
+            })
+            .await
+            .unwrap();
+        h.settle().await;
+        assert_eq!(h.reports(), vec![DrainReport::WorkDone(Outcome::Drained)]);
     }
 
     #[actix_rt::test]

@@ -259,6 +259,22 @@ fn drain_timeout_zero_cancels_at_once_after_the_shutdown_reply() {
 }
 
 #[test]
+fn an_idle_node_with_drain_timeout_zero_is_drained_not_timed_out() {
+    let mut n = node(&[]);
+    n.send(&[shutdown(2, 0), status(3)]);
+    assert_eq!(n.recv_json()["body"]["in_flight"], 0);
+    let s = n.recv_json();
+    assert_eq!(
+        (
+            s["body"]["status"].clone(),
+            s["body"]["remaining"].clone(),
+            s["body"]["took_ms"].clone()
+        ),
+        ("drained".into(), 0.into(), 0.into())
+    );
+}
+
+#[test]
 fn a_second_shutdown_changes_neither_the_deadline_nor_the_clock() {
     let mut n = node(&[]);
     let sent = n.send(&[request(2, 5000), shutdown(3, 300)]);
