@@ -41,7 +41,7 @@ pub struct Config {
     #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
     pub bind_address: IpAddr,
 
-    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/db (required). Its password is never logged.
+    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/db (required unless --stdin). Its password is never logged.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<DatabaseUrl>,
 

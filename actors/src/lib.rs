@@ -2,17 +2,20 @@
 //!
 //! # Map
 //!
-//! - [`supervisor`] — the **Supervisor**. Starts the DrainCoordinator and the
-//!   DbActor once, owns the shutdown triggers (signals, or any other stream of
-//!   [`ShutdownSignal`]s), sequences the shutdown — drain, close the listener,
-//!   write the final records, close the pool — and stops the System with the
-//!   exit code.
+//! - [`supervisor`] — the **Supervisor**. Starts the DrainCoordinator and (when
+//!   there is a database) the DbActor once, owns the shutdown triggers (signals,
+//!   or any other stream of [`ShutdownSignal`]s, plus a transport's own
+//!   [`TransportDrain`] / [`TransportEnded`]), sequences the shutdown — drain,
+//!   close the listener, write the final records, close the pool — and stops
+//!   the System with the exit code.
 //! - [`drain`] — the **DrainCoordinator**. The only holder of the drain state
 //!   (`Active`, `Draining`, `Stopped`), of the in-flight count and of the set
 //!   of open connections. Hands out [`Permit`]s and [`ConnGuard`]s; decides the
 //!   [`Outcome`].
-//! - [`request`] — the **RequestActor**. One per admitted unit of work: holds the
+//! - [`request`] — the **RequestActor**. One per admitted HTTP job: holds the
 //!   permit, does the simulated work, writes through the DbActor, replies.
+//!   (The stdin transport has no writes; it keeps its permits in one
+//!   deadline-ordered queue instead, so its replies leave in deadline order.)
 //! - [`db`] — the **DbActor**. Owns the PostgreSQL pool: schema, instance
 //!   registration, jobs, drain records; closes the pool last.
 //! - [`signals`] — turns SIGTERM / SIGINT / SIGQUIT into a stream of
@@ -27,9 +30,10 @@
 //!                               │                                                                          │
 //!                               ├──CloseListener / StopTransport──▶ transport (HTTP or stdin)            │
 //!                               └──RecordDrainBegin / RecordDrainComplete / ClosePool──▶ DbActor          │
+//!  transport ──TransportDrain / TransportEnded──▶ Supervisor                                              │
 //!  transport ──Admit──▶ DrainCoordinator ──Permit──▶ RequestActor ──InsertJob──▶ DbActor                  │
 //!  Permit::drop ──RequestFinished──────────────────────────────────────────────────────────────────────────┤
-//!  ConnGuard::new / drop ──ConnectionOpened / ConnectionClosed─────────────────────────────────────────────┘
+//!  ConnGuard::register / drop ──ConnectionOpened / ConnectionClosed────────────────────────────────────────┘
 //! ```
 //!
 //! # Rules that must never break
@@ -46,7 +50,9 @@
 //!    deadline (a timer); the process exits only once the connections that
 //!    carried the answers have closed, so no answer is lost in a buffer.
 //! 5. The database pool is closed after the drain, never before.
-//! 6. The exit code comes from [`Outcome::exit_code`], and from nowhere else.
+//! 6. The exit code comes from [`Outcome::exit_code`] — except that the end of
+//!    a transport's input always exits 0 (its replies already said what was
+//!    cut short). A cut with nothing in flight is a completed drain.
 
 #![deny(missing_docs)]
 

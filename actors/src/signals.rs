@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use futures_util::Stream;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-/// A request to shut down, from a signal (or from a test, or end of input).
+/// A request to shut down, from a signal (or from a test's channel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShutdownSignal {
     /// SIGTERM: drain gracefully; repeats change nothing.
