@@ -69,9 +69,17 @@ pub struct Config {
     #[arg(long, env = "WORKERS", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: Option<u16>,
 
-    /// The most database connections the pool opens.
+    /// The most database connections the pool opens; also the most job batches written at once.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub db_pool_size: u16,
+
+    /// The most jobs written by one multi-row INSERT.
+    #[arg(long, env = "DB_BATCH_SIZE", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub db_batch_size: u16,
+
+    /// The most jobs waiting for a batch; past it POST /work answers 503 overloaded.
+    #[arg(long, env = "DB_QUEUE_BOUND", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub db_queue_bound: u32,
 }
 
 impl Config {
@@ -202,6 +210,8 @@ mod tests {
             (s("IDLE_CLOSE_GRACE_MS"), s("100"))
         );
         assert_eq!(setting("db_pool_size"), (s("DB_POOL_SIZE"), s("16")));
+        assert_eq!(setting("db_batch_size"), (s("DB_BATCH_SIZE"), s("64")));
+        assert_eq!(setting("db_queue_bound"), (s("DB_QUEUE_BOUND"), s("10000")));
     }
 
     #[test]

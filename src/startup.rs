@@ -140,6 +140,8 @@ async fn start(config: Config, mut signals: Signals) -> Result<Started, StartupE
         url: url.expose().to_string(),
         connect_timeout: config.db_connect_timeout(),
         pool_size: usize::from(config.db_pool_size),
+        batch_size: usize::from(config.db_batch_size),
+        queue_bound: usize::try_from(config.db_queue_bound).unwrap_or(usize::MAX),
     };
     settings
         .check()

@@ -6,15 +6,16 @@
 //! an answer, an error, a panic — the permit is dropped and the request is
 //! counted down.
 //!
-//! The safe point: until the write begins, the work listens for the
-//! coordinator's cancellation and stops there without writing. Once the write
-//! has begun it is finished and answered, cancelled or not.
+//! The safe point: until its write begins — during the simulated work, and
+//! while the job waits in the DbActor's queue for a batch — the work listens
+//! for the coordinator's cancellation and stops there without writing. Once
+//! its batch has begun it is finished and answered, cancelled or not.
 
 use std::time::Duration;
 
 use actix::{Actor, ActorContext, ActorFutureExt, Addr, Context, Handler, Message, WrapFuture};
 
-use crate::db::{DbActor, DbError, InsertJob, Job};
+use crate::db::{DbActor, DbError, InsertJob, Job, WithdrawJob};
 use crate::drain::{CancelReason, Permit};
 
 /// Why a unit of work did not produce a job.
@@ -90,8 +91,22 @@ impl Handler<Process> for RequestActor {
                     _ = tokio::time::sleep(msg.latency) => {}
                 }
             }
-            // Safe point passed: the write runs to completion and is answered.
-            let job = db.send(InsertJob { name: msg.name }).await??;
+            // Queued for the next batch. Until the batch begins this is still
+            // a safe point: a cancelled job is withdrawn, not written. Once
+            // its batch has begun, the write runs to completion and is answered.
+            let id = uuid::Uuid::new_v4();
+            let mut write = Box::pin(db.send(InsertJob { id, name: msg.name }));
+            let job = tokio::select! {
+                biased;
+                written = &mut write => written??,
+                reason = permit.cancelled() => {
+                    if db.send(WithdrawJob { id }).await? {
+                        permit.mark_cancelled();
+                        return Err(WorkError::Cancelled(reason));
+                    }
+                    write.await??
+                }
+            };
             drop(permit);
             Ok(job)
         };

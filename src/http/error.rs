@@ -42,6 +42,9 @@ pub enum ApiError {
     /// The work was cancelled at its safe point; nothing was written.
     #[error("{0}")]
     Cancelled(CancelReason),
+    /// The write queue is full: not processed, try again shortly.
+    #[error("overloaded")]
+    Overloaded,
     /// Something on our side failed; the job may not have been stored.
     #[error("internal error: the job was not stored")]
     Internal,
@@ -56,14 +59,19 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::ShuttingDown | ApiError::Cancelled(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ShuttingDown | ApiError::Cancelled(_) | ApiError::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code())
-            .json(serde_json::json!({ "error": self.to_string() }))
+        let mut res = HttpResponse::build(self.status_code());
+        if let ApiError::Overloaded = self {
+            res.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+        }
+        res.json(serde_json::json!({ "error": self.to_string() }))
     }
 }
 
@@ -86,6 +94,7 @@ impl From<WorkError> for ApiError {
     fn from(e: WorkError) -> Self {
         match e {
             WorkError::Cancelled(reason) => ApiError::Cancelled(reason),
+            WorkError::Db(drainer_actors::DbError::Overloaded) => ApiError::Overloaded,
             other => {
                 log::error!("POST /work failed: {other}");
                 ApiError::Internal

@@ -1,6 +1,7 @@
 //! Integration tests: the real `drainer` binary, on a free port, against a
 //! throwaway database of its own. One test binary, shared helpers.
 
+mod batching;
 mod contract;
 mod shutdown;
 mod startup;
