@@ -10,7 +10,9 @@
 #                                DIR. Safe to call more than once.
 #
 # The cluster is insecure and non-durable on purpose (trust auth, fsync=off): it is
-# only for tests. Set PG_BINDIR to pick a specific PostgreSQL installation.
+# only for tests. PG_DURABLE=1 keeps fsync and synchronous commits on (the
+# benchmarks use it, so a commit costs what it costs). Set PG_BINDIR to pick a
+# specific PostgreSQL installation.
 set -euo pipefail
 
 prog=pg.sh
@@ -138,11 +140,12 @@ start() {
 # ---- throwaway test cluster (scripts/pg.sh) ----
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$tmp'
-max_connections = 200
-fsync = off
-synchronous_commit = off
-full_page_writes = off
+max_connections = 400
 CONF
+    # Throwaway means non-durable, unless a benchmark needs real commit costs.
+    if [ -z "${PG_DURABLE:-}" ]; then
+        printf 'fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n' >>"$data/postgresql.conf"
+    fi
 
     # Pick a random port outside the usual ephemeral ranges; retry if it is taken
     # or the server fails to start on it (e.g. another run grabbed it first).

@@ -65,12 +65,12 @@ pub struct Config {
     #[arg(long, env = "IDLE_CLOSE_GRACE_MS", default_value_t = 100)]
     pub idle_close_grace_ms: u64,
 
-    /// HTTP worker threads [default: CPUs - 1, at least 1; the main thread runs the accept loop and the actors].
-    #[arg(long, env = "WORKERS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// HTTP worker threads besides the main thread; 0 serves HTTP on the main thread, beside the actors [default: CPUs - 2, at least 0].
+    #[arg(long, env = "WORKERS", value_parser = clap::value_parser!(u16).range(0..=256))]
     pub workers: Option<u16>,
 
     /// The most database connections the pool opens; also the most job batches written at once.
-    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub db_pool_size: u16,
 
     /// The most jobs written by one multi-row INSERT.
@@ -103,16 +103,16 @@ impl Config {
         Duration::from_millis(self.idle_close_grace_ms)
     }
 
-    /// Worker threads: the flag, or one per CPU but one. The main thread is
-    /// busy too (accept loop, DrainCoordinator, DbActor and its connections);
-    /// measured on 2 cores, one worker gave the same throughput as two and a
-    /// steadier p99 (docs/benchmarks.md).
+    /// Worker threads: the flag, or one per CPU but two. The main thread is
+    /// busy too (accept loop, DrainCoordinator, DbActor and its connections),
+    /// and PostgreSQL wants a core: measured on 2 cores, serving on the main
+    /// thread (0 workers) gave the highest throughput and the lowest latency,
+    /// because no message between the actors crosses a thread
+    /// (docs/benchmarks.md).
     pub fn worker_count(&self) -> usize {
         match self.workers {
             Some(n) => usize::from(n),
-            None => {
-                std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
-            }
+            None => std::thread::available_parallelism().map_or(0, |n| n.get().saturating_sub(2)),
         }
     }
 
@@ -209,7 +209,7 @@ mod tests {
             setting("idle_close_grace_ms"),
             (s("IDLE_CLOSE_GRACE_MS"), s("100"))
         );
-        assert_eq!(setting("db_pool_size"), (s("DB_POOL_SIZE"), s("16")));
+        assert_eq!(setting("db_pool_size"), (s("DB_POOL_SIZE"), s("4")));
         assert_eq!(setting("db_batch_size"), (s("DB_BATCH_SIZE"), s("64")));
         assert_eq!(setting("db_queue_bound"), (s("DB_QUEUE_BOUND"), s("10000")));
     }

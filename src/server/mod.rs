@@ -52,7 +52,14 @@ struct Conn {
 /// Starts the workers and the accept loop; answers how the Supervisor reaches them.
 pub fn start(listener: TcpListener, core: &Core, workers: usize) -> Transport {
     let mut arbiters = Vec::with_capacity(workers);
-    let mut queues = Vec::with_capacity(workers);
+    let mut queues = Vec::with_capacity(workers.max(1));
+    if workers == 0 {
+        // Serve on the System's own thread, beside the actors: no message
+        // crosses a thread.
+        let (tx, rx) = mpsc::unbounded_channel();
+        actix_rt::spawn(worker(core.clone(), rx));
+        queues.push(tx);
+    }
     for _ in 0..workers {
         let arbiter = Arbiter::new();
         let (tx, rx) = mpsc::unbounded_channel();
