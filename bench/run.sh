@@ -6,9 +6,10 @@
 # Builds both release binaries, needs wrk (installed with apt-get when running as
 # root) and PostgreSQL: without DATABASE_URL it re-executes itself under
 # scripts/with-postgres.sh, which provides a throwaway cluster. Then:
-#   throughput  BENCH_ROUNDS interleaved rounds per build (drainer, bare, drainer, ...),
-#               each on a fresh server: warm-up, then
-#               wrk -t2 -c64 -d${BENCH_SECONDS}s --latency -s bench/post_work.lua
+#   throughput  BENCH_ROUNDS interleaved rounds per build (drainer, bare, drainer, ...)
+#               at each of BENCH_CONNECTIONS (1 32 256), each on a fresh server:
+#               warm-up, then wrk -c<n> -d${BENCH_SECONDS}s --latency -s bench/post_work.lua
+#               against a durable throwaway PostgreSQL (PG_DURABLE=1)
 #   exit        bench/exit_latency.py, BENCH_EXIT_RUNS runs per build
 #   stdin       bench/stdin_bench.py: drainer --stdin, BENCH_STDIN_COUNT requests
 #               (100000), BENCH_STDIN_RUNS runs (3)
@@ -40,14 +41,14 @@ duration=${BENCH_SECONDS:-10}
 warmup=${BENCH_WARMUP:-2}
 exit_runs=${BENCH_EXIT_RUNS:-20}
 threads=${BENCH_THREADS:-2}
-conns=${BENCH_CONNECTIONS:-64}
+conns_list=${BENCH_CONNECTIONS:-1 32 256}
 builds=${BENCH_BUILDS:-drainer bare}
 write_docs=${BENCH_WRITE_DOCS:-1}
 posint BENCH_ROUNDS "$rounds"
 posint BENCH_SECONDS "$duration"
 posint BENCH_EXIT_RUNS "$exit_runs"
 posint BENCH_THREADS "$threads"
-posint BENCH_CONNECTIONS "$conns"
+for c in $conns_list; do posint BENCH_CONNECTIONS "$c"; done
 [[ "$warmup" =~ ^[0-9]+$ ]] || die "BENCH_WARMUP must be a non-negative integer, got '$warmup'"
 for b in $builds; do
     case $b in drainer | bare) ;; *) die "BENCH_BUILDS: unknown build '$b' (drainer, bare)" ;; esac
@@ -80,6 +81,8 @@ if [ -z "${DATABASE_URL:-}" ]; then
         die "DATABASE_URL is not set and scripts/with-postgres.sh did not provide one"
     say "no DATABASE_URL: starting a throwaway PostgreSQL via scripts/with-postgres.sh"
     export _BENCH_UNDER_PG=1
+    # Durable (fsync and synchronous commits on): a commit costs what it costs.
+    export PG_DURABLE=${PG_DURABLE:-1}
     exec bash scripts/with-postgres.sh "$root/bench/run.sh" "$@"
 fi
 
@@ -141,23 +144,26 @@ start_server() { # $1 build, $2 port, $3 log file
     die "$1 is not accepting connections on port $2 after 30 s (log: $3)"
 }
 
-# --- throughput: interleaved rounds ------------------------------------------------
+# --- throughput: interleaved rounds, at each connection count -----------------------
 for ((r = 1; r <= rounds; r++)); do
-    for b in $builds; do
-        port=$(free_port)
-        log=$out/$b.log
-        echo "=== round $r port $port" >>"$log"
-        say "round $r/$rounds: $b on port $port"
-        start_server "$b" "$port" "$log"
-        url=http://127.0.0.1:$port/work
-        if ((warmup > 0)); then
-            wrk -t"$threads" -c"$conns" -d"${warmup}s" -s bench/post_work.lua "$url" >"$out/$b.$r.warmup.txt"
-        fi
-        wrk -t"$threads" -c"$conns" -d"${duration}s" --latency -s bench/post_work.lua "$url" >"$out/$b.$r.wrk.txt"
-        stop_server
-        echo "$server_rc" >"$out/$b.$r.rc"
-        grep -E 'Requests/sec|99%|errors|Non-2xx' "$out/$b.$r.wrk.txt" | sed 's/^ */   /' >&2 || true
-        [ "$server_rc" = 0 ] || echo "$prog: warning: $b exited with status $server_rc after SIGTERM" >&2
+    for c in $conns_list; do
+        t=$((threads < c ? threads : c))
+        for b in $builds; do
+            port=$(free_port)
+            log=$out/$b.log
+            echo "=== round $r, $c connections, port $port" >>"$log"
+            say "round $r/$rounds, $c connection(s): $b on port $port"
+            start_server "$b" "$port" "$log"
+            url=http://127.0.0.1:$port/work
+            if ((warmup > 0)); then
+                wrk -t"$t" -c"$c" -d"${warmup}s" -s bench/post_work.lua "$url" >"$out/$b.c$c.$r.warmup.txt"
+            fi
+            wrk -t"$t" -c"$c" -d"${duration}s" --latency -s bench/post_work.lua "$url" >"$out/$b.c$c.$r.wrk.txt"
+            stop_server
+            echo "$server_rc" >"$out/$b.c$c.$r.rc"
+            grep -E 'Requests/sec| 50%| 99%|errors|Non-2xx' "$out/$b.c$c.$r.wrk.txt" | sed 's/^ */   /' >&2 || true
+            [ "$server_rc" = 0 ] || echo "$prog: warning: $b exited with status $server_rc after SIGTERM" >&2
+        done
     done
 done
 
@@ -182,7 +188,7 @@ cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null |
 export BENCH_DATE BENCH_MACHINE BENCH_PARAMS BENCH_COMMIT
 BENCH_DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 BENCH_MACHINE="$(nproc) CPUs ($cpu), $(awk -v k="${mem_kib:-0}" 'BEGIN { printf "%.1f", k / 1048576 }') GiB RAM, $(uname -sr)"
-BENCH_PARAMS="$rounds interleaved rounds per build of \`wrk -t$threads -c$conns -d${duration}s --latency -s bench/post_work.lua\` after a ${warmup} s warm-up; $exit_runs exit-latency runs per build"
+BENCH_PARAMS="$rounds interleaved rounds per build and connection count ($conns_list) of \`wrk -t$threads -c<connections> -d${duration}s --latency -s bench/post_work.lua\` (one thread for one connection) after a ${warmup} s warm-up; $exit_runs exit-latency runs per build"
 if BENCH_COMMIT=$(git rev-parse --short HEAD 2>/dev/null); then
     [ -z "$(git status --porcelain 2>/dev/null)" ] || BENCH_COMMIT+=" + uncommitted changes"
 else
@@ -191,7 +197,7 @@ fi
 export BENCH_OVERRIDES
 BENCH_OVERRIDES=$(env | grep -E '^BENCH_(ROUNDS|SECONDS|WARMUP|EXIT_RUNS|THREADS|CONNECTIONS|BUILDS)=' | sort | tr '\n' ' ' || true)
 
-python3 - "$out" "$rounds" "$write_docs" $builds <<'PY'
+BENCH_CONNS="$conns_list" python3 - "$out" "$rounds" "$write_docs" $builds <<'PY'
 import json, os, re, statistics, sys
 
 out, rounds, write_docs, builds = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4:]
@@ -205,70 +211,94 @@ def parse_wrk(text):
     rps = num(r"^Requests/sec:\s+([\d.]+)", text)
     m = re.search(r"^\s*99(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", text, re.M)
     p99 = float(m.group(1)) * UNIT_MS[m.group(2)] if m else None
+    m = re.search(r"^\s*50(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", text, re.M)
+    p50 = float(m.group(1)) * UNIT_MS[m.group(2)] if m else None
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     errors = sum(map(int, sock.groups())) if sock else 0
     errors += int(num(r"Non-2xx or 3xx responses:\s+(\d+)", text, 0))
     requests = int(num(r"^\s*(\d+) requests in", text, 0))
     if rps is None or p99 is None:
         raise SystemExit(f"cannot parse wrk output:\n{text}")
-    return {"rps": rps, "p99_ms": p99, "errors": errors, "requests": requests}
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors, "requests": requests}
 
+conns = [int(c) for c in os.environ["BENCH_CONNS"].split()]
 data = {}
 for b in builds:
-    runs = []
-    for r in range(1, rounds + 1):
-        with open(f"{out}/{b}.{r}.wrk.txt") as f:
-            w = parse_wrk(f.read())
-        with open(f"{out}/{b}.{r}.rc") as f:
-            w["rc"] = f.read().strip()
-        runs.append(w)
-    with open(f"{out}/{b}.exit.txt") as f:
-        ex = json.loads(f.read().strip().splitlines()[-1])
+    per_c = {}
+    for c in conns:
+        runs = []
+        for r in range(1, rounds + 1):
+            with open(f"{out}/{b}.c{c}.{r}.wrk.txt") as fh:
+                w = parse_wrk(fh.read())
+            with open(f"{out}/{b}.c{c}.{r}.rc") as fh:
+                w["rc"] = fh.read().strip()
+            runs.append(w)
+        per_c[c] = {
+            "runs": runs,
+            "rps": statistics.median(x["rps"] for x in runs),
+            "p50": statistics.median(x["p50_ms"] for x in runs),
+            "p99": statistics.median(x["p99_ms"] for x in runs),
+            "errors": sum(x["errors"] for x in runs),
+            "bad_rc": sum(x["rc"] != "0" for x in runs),
+        }
+    with open(f"{out}/{b}.exit.txt") as fh:
+        ex = json.loads(fh.read().strip().splitlines()[-1])
     data[b] = {
-        "runs": runs,
-        "rps": statistics.median(x["rps"] for x in runs),
-        "p99": statistics.median(x["p99_ms"] for x in runs),
-        "errors": sum(x["errors"] for x in runs),
+        "c": per_c,
         "exit": ex["median_exit_ms"],
         "exit_failed": ex["failed"],
         "exit_runs": ex["runs"],
         "exit_min": ex["min_exit_ms"],
         "exit_max": ex["max_exit_ms"],
-        "bad_rc": sum(x["rc"] != "0" for x in runs),
     }
 
 def f(v, fmt):
     return "n/a" if v is None else format(v, fmt)
 
-def ratio(key):
-    if "drainer" not in data or "bare" not in data:
-        return "n/a"
-    d, b = data["drainer"][key], data["bare"][key]
-    if d is None or b is None:
-        return "n/a"
-    return f"{d / b:.2f}" if b else ("1.00" if d == 0 else "∞")
-
 def verdict(ok):
     return "n/a" if ok is None else ("met" if ok else "**missed**")
 
-d, b = data.get("drainer"), data.get("bare")
-both = d is not None and b is not None
 cols = [x for x in ("drainer", "bare") if x in data]
-rows = [
-    ("throughput, req/s (median)", "rps", ",.0f", "drainer ≥ bare",
-     (d["rps"] >= b["rps"]) if both else None),
-    ("p99 latency, ms (median)", "p99", ".2f", "drainer ≤ bare",
-     (d["p99"] <= b["p99"]) if both else None),
-    ("exit latency, ms (median)", "exit", ".1f", "drainer ≤ 10 ms",
-     (d["exit"] is not None and d["exit"] <= 10) if d else None),
-    ("errors (wrk socket + non-2xx, all rounds)", "errors", "d", "0",
-     (d["errors"] == 0) if d else None),
-]
-lines = ["| metric | " + " | ".join(cols) + " | drainer/bare | target | |",
-         "|---|" + "---:|" * len(cols) + "---:|---|---|"]
-for label, key, fmt, target, ok in rows:
-    lines.append(f"| {label} | " + " | ".join(f(data[c][key], fmt) for c in cols)
-                 + f" | {ratio(key)} | {target} | {verdict(ok)} |")
+both = len(cols) == 2
+d, b = data.get("drainer"), data.get("bare")
+
+def ratio(dv, bv):
+    if dv is None or bv is None:
+        return "n/a"
+    return f"{dv / bv:.2f}" if bv else ("1.00" if dv == 0 else "∞")
+
+def targets(c):
+    """(metric key, target text, check(drainer, bare) or None) for c connections."""
+    if c == 1:
+        return {"p50": ("within 10% of bare", lambda dv, bv: dv <= 1.10 * bv)}
+    if c == 32:
+        return {"rps": ("≥ 2× bare", lambda dv, bv: dv >= 2 * bv),
+                "p99": ("≤ bare", lambda dv, bv: dv <= bv),
+                "errors": ("0", lambda dv, bv: dv == 0)}
+    if c == 256:
+        return {"p99": ("< 50 ms", lambda dv, bv: dv < 50),
+                "errors": ("0", lambda dv, bv: dv == 0)}
+    return {"rps": ("≥ bare", lambda dv, bv: dv >= bv), "errors": ("0", lambda dv, bv: dv == 0)}
+
+metrics = [("rps", "requests/s", ",.0f"), ("p50", "p50, ms", ".2f"),
+           ("p99", "p99, ms", ".2f"), ("errors", "errors (socket + non-2xx)", "d")]
+lines = ["| connections | metric | " + " | ".join(cols) + " | drainer/bare | target | |",
+         "|---:|---|" + "---:|" * len(cols) + "---:|---|---|"]
+for c in conns:
+    t = targets(c)
+    for key, label, fmt in metrics:
+        vals = [data[x]["c"][c][key] for x in cols]
+        target, check = t.get(key, ("", None))
+        ok = None
+        if check is not None and d is not None and (b is not None or key in ("errors",) or c == 256):
+            ok = check(d["c"][c][key], b["c"][c][key] if b else None)
+        r = ratio(d["c"][c][key], b["c"][c][key]) if both else "n/a"
+        lines.append(f"| {c} | {label} | " + " | ".join(f(v, fmt) for v in vals)
+                     + f" | {r} | {target} | {verdict(ok) if target else ''} |")
+lines.append(f"| | exit latency after the last response, ms (median) | "
+             + " | ".join(f(data[x]["exit"], ".1f") for x in cols)
+             + f" | {ratio(d['exit'], b['exit']) if both else 'n/a'} | drainer ≤ 10 ms | "
+             + f"{verdict(d['exit'] is not None and d['exit'] <= 10) if d else 'n/a'} |")
 table = "\n".join(lines)
 
 stdin_table = ""
@@ -288,20 +318,22 @@ if os.path.exists(f"{out}/stdin.json"):
         "",
     ])
 
-detail = ["| build | round | req/s | p99 ms | requests | errors | exit status after SIGTERM |",
-          "|---|---:|---:|---:|---:|---:|---:|"]
-for c in cols:
-    for i, x in enumerate(data[c]["runs"], 1):
-        detail.append(f"| {c} | {i} | {x['rps']:,.0f} | {x['p99_ms']:.2f} | {x['requests']:,} | {x['errors']} | {x['rc']} |")
+detail = ["| build | connections | round | req/s | p50 ms | p99 ms | requests | errors | exit status after SIGTERM |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+for x in cols:
+    for c in conns:
+        for i, w in enumerate(data[x]["c"][c]["runs"], 1):
+            detail.append(f"| {x} | {c} | {i} | {w['rps']:,.0f} | {f(w['p50_ms'], '.2f')} | {w['p99_ms']:.2f} | {w['requests']:,} | {w['errors']} | {w['rc']} |")
 notes = []
-for c in cols:
-    x = data[c]
-    notes.append(f"- {c} exit latency: {x['exit_runs'] - x['exit_failed']}/{x['exit_runs']} runs ok, "
-                 f"min {f(x['exit_min'], '.1f')} ms, max {f(x['exit_max'], '.1f')} ms")
-    if x["exit_failed"]:
-        notes.append(f"  - **{x['exit_failed']} exit-latency runs failed** (see `{c}.exit.txt`)")
-    if x["bad_rc"]:
-        notes.append(f"  - **{x['bad_rc']} throughput rounds ended with a non-zero exit status**")
+for x in cols:
+    v = data[x]
+    notes.append(f"- {x} exit latency: {v['exit_runs'] - v['exit_failed']}/{v['exit_runs']} runs ok, "
+                 f"min {f(v['exit_min'], '.1f')} ms, max {f(v['exit_max'], '.1f')} ms")
+    if v["exit_failed"]:
+        notes.append(f"  - **{v['exit_failed']} exit-latency runs failed** (see `{x}.exit.txt`)")
+    bad = sum(v["c"][c]["bad_rc"] for c in conns)
+    if bad:
+        notes.append(f"  - **{bad} throughput rounds ended with a non-zero exit status**")
 
 env = os.environ
 overrides = env.get("BENCH_OVERRIDES", "").strip()

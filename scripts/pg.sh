@@ -143,7 +143,7 @@ unix_socket_directories = '$tmp'
 max_connections = 400
 CONF
     # Throwaway means non-durable, unless a benchmark needs real commit costs.
-    if [ -z "${PG_DURABLE:-}" ]; then
+    if [ "${PG_DURABLE:-0}" = 0 ]; then
         printf 'fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n' >>"$data/postgresql.conf"
     fi
 
