@@ -347,6 +347,8 @@ fn load_then_sigterm_loses_nothing() {
     assert_eq!(failures.lock().unwrap().clone(), Vec::<String>::new());
     let ids = ids.lock().unwrap().clone();
     assert!(ids.len() >= 300, "only {} answered", ids.len());
+    let distinct: HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "every answer has its own id");
     let stored: HashSet<String> = db
         .rows("SELECT id::text FROM jobs")
         .into_iter()
