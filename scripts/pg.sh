@@ -145,6 +145,9 @@ CONF
     # Throwaway means non-durable, unless a benchmark needs real commit costs.
     if [ "${PG_DURABLE:-0}" = 0 ]; then
         printf 'fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n' >>"$data/postgresql.conf"
+    else
+        # Durable commits, but no checkpoint in the middle of a measurement.
+        printf 'max_wal_size = 8GB\ncheckpoint_timeout = 1h\n' >>"$data/postgresql.conf"
     fi
 
     # Pick a random port outside the usual ephemeral ranges; retry if it is taken
