@@ -149,6 +149,9 @@ for ((r = 1; r <= rounds; r++)); do
     for c in $conns_list; do
         t=$((threads < c ? threads : c))
         for b in $builds; do
+            # Every round starts from the same database state: no rows, no
+            # dirty pages left by the round before to be flushed during this one.
+            psql -X -q "$DATABASE_URL" -c 'TRUNCATE jobs' -c 'CHECKPOINT' >/dev/null 2>&1 || true
             port=$(free_port)
             log=$out/$b.log
             echo "=== round $r, $c connections, port $port" >>"$log"
