@@ -57,6 +57,10 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_DELAY_MS", default_value_t = 0)]
     pub shutdown_delay_ms: u64,
 
+    /// A POST /work running past this is stopped at a safe point and answered 504 (ms).
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+
     /// How long start-up keeps trying to reach the database before it gives up with exit code 2 (ms).
     #[arg(long, env = "DB_CONNECT_TIMEOUT_MS", default_value_t = 10_000)]
     pub db_connect_timeout_ms: u64,
@@ -86,6 +90,11 @@ impl Config {
     /// The drain deadline.
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// The per-request deadline.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
     }
 
     /// The shutdown delay.

@@ -174,8 +174,11 @@ async fn start(config: Config, mut signals: Signals) -> Result<Started, StartupE
         idle_grace: config.idle_close_grace(),
     };
     let workers = config.worker_count();
+    let http_settings = crate::http::HttpSettings {
+        request_timeout: config.request_timeout(),
+    };
     Supervisor::launch(shutdown, Some(db), signals, |core| {
-        server::start(listener, core, workers)
+        server::start(listener, core, http_settings, workers)
     });
     info!("listening on {local} with {workers} worker(s)");
     Ok(Started::Serving)

@@ -198,6 +198,14 @@ pub struct RecordDrainComplete {
     pub remaining: usize,
 }
 
+/// Checks that the pool can get a connection and the database answers.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), DbError>")]
+pub struct Ping;
+
+/// How long a [`Ping`] may take.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Closes the pool. Sent once, after the drain.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -561,6 +569,30 @@ impl DbActor {
             .await
             .map_err(|e| redactor.query(e))?;
             tx.commit().await.map_err(|e| redactor.query(e))
+        })
+    }
+}
+
+impl Handler<Ping> for DbActor {
+    type Result = ResponseFuture<Result<(), DbError>>;
+
+    /// One pooled connection and `SELECT 1`, bounded by a second.
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) -> Self::Result {
+        let pool = self.pool.clone();
+        let redactor = self.redactor.clone();
+        Box::pin(async move {
+            let ping = async {
+                let client = pool.get().await.map_err(|e| redactor.pool(e))?;
+                client
+                    .query_one("SELECT 1", &[])
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| redactor.query(e))
+            };
+            match tokio::time::timeout(PING_TIMEOUT, ping).await {
+                Ok(answer) => answer,
+                Err(_) => Err(DbError::Query("the database did not answer in time".into())),
+            }
         })
     }
 }

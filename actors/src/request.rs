@@ -11,12 +11,15 @@
 //! for the coordinator's cancellation and stops there without writing. Once
 //! its batch has begun it is finished and answered, cancelled or not.
 
+use std::future::pending;
 use std::time::Duration;
 
 use actix::{Actor, ActorContext, ActorFutureExt, Addr, Context, Handler, Message, WrapFuture};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::db::{DbActor, DbError, InsertJob, Job, WithdrawJob};
-use crate::drain::{CancelReason, Permit};
+use crate::drain::{CancelReason, Permit, Phase};
 
 /// Why a unit of work did not produce a job.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +27,13 @@ pub enum WorkError {
     /// Cancelled at its safe point; nothing was written.
     #[error("cancelled: {0}")]
     Cancelled(CancelReason),
+    /// Cancellable work declined at its safe point because a drain began;
+    /// nothing was written.
+    #[error("declined: a drain has begun")]
+    Declined,
+    /// The request's own deadline passed at a safe point; nothing was written.
+    #[error("the request deadline passed")]
+    TimedOut,
     /// The database refused or failed the write.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -46,6 +56,62 @@ pub struct Process {
     pub name: String,
     /// The simulated processing time.
     pub latency: Duration,
+    /// The request's own deadline: past it, the work stops at its next safe point.
+    pub deadline: Option<Instant>,
+    /// For cancellable work: the published phase. The work declines at its
+    /// next safe point once a drain has begun.
+    pub declines_on_drain: Option<watch::Receiver<Phase>>,
+}
+
+/// Why work stopped at a safe point.
+enum Stop {
+    Cancelled(CancelReason),
+    TimedOut,
+    Declined,
+}
+
+/// Resolves when the work should stop at its next safe point.
+async fn stop_signal(
+    permit: &mut Permit,
+    deadline: Option<Instant>,
+    drain: Option<watch::Receiver<Phase>>,
+) -> Stop {
+    let timed_out = async {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => pending().await,
+        }
+    };
+    let drain_begun = async {
+        match drain {
+            Some(mut phase) => {
+                if phase.wait_for(|p| !p.is_active()).await.is_err() {
+                    pending::<()>().await;
+                }
+            }
+            None => pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        reason = permit.cancelled() => Stop::Cancelled(reason),
+        _ = timed_out => Stop::TimedOut,
+        _ = drain_begun => Stop::Declined,
+    }
+}
+
+impl Stop {
+    /// The error it answers with; only a drain's cancellation counts as cut.
+    fn into_error(self, permit: &mut Permit) -> WorkError {
+        match self {
+            Stop::Cancelled(reason) => {
+                permit.mark_cancelled();
+                WorkError::Cancelled(reason)
+            }
+            Stop::TimedOut => WorkError::TimedOut,
+            Stop::Declined => WorkError::Declined,
+        }
+    }
 }
 
 /// See the module documentation.
@@ -81,12 +147,12 @@ impl Handler<Process> for RequestActor {
             let Some(mut permit) = permit else {
                 return Err(WorkError::Mailbox);
             };
+            let (deadline, drain) = (msg.deadline, msg.declines_on_drain);
             if !msg.latency.is_zero() {
                 tokio::select! {
                     biased;
-                    reason = permit.cancelled() => {
-                        permit.mark_cancelled();
-                        return Err(WorkError::Cancelled(reason));
+                    stop = stop_signal(&mut permit, deadline, drain.clone()) => {
+                        return Err(stop.into_error(&mut permit));
                     }
                     _ = tokio::time::sleep(msg.latency) => {}
                 }
@@ -99,10 +165,9 @@ impl Handler<Process> for RequestActor {
             let job = tokio::select! {
                 biased;
                 written = &mut write => written??,
-                reason = permit.cancelled() => {
+                stop = stop_signal(&mut permit, deadline, drain) => {
                     if db.send(WithdrawJob { id }).await? {
-                        permit.mark_cancelled();
-                        return Err(WorkError::Cancelled(reason));
+                        return Err(stop.into_error(&mut permit));
                     }
                     write.await??
                 }

@@ -42,6 +42,9 @@ pub enum ApiError {
     /// The work was cancelled at its safe point; nothing was written.
     #[error("{0}")]
     Cancelled(CancelReason),
+    /// The request ran past `REQUEST_TIMEOUT_MS`; nothing was written.
+    #[error("request_timeout")]
+    RequestTimeout,
     /// The write queue is full: not processed, try again shortly.
     #[error("overloaded")]
     Overloaded,
@@ -62,6 +65,7 @@ impl ResponseError for ApiError {
             ApiError::ShuttingDown | ApiError::Cancelled(_) | ApiError::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -94,6 +98,8 @@ impl From<WorkError> for ApiError {
     fn from(e: WorkError) -> Self {
         match e {
             WorkError::Cancelled(reason) => ApiError::Cancelled(reason),
+            WorkError::Declined => ApiError::ShuttingDown,
+            WorkError::TimedOut => ApiError::RequestTimeout,
             WorkError::Db(drainer_actors::DbError::Overloaded) => ApiError::Overloaded,
             other => {
                 log::error!("POST /work failed: {other}");

@@ -22,6 +22,8 @@ pub struct NewJob {
     pub name: String,
     /// The simulated processing time.
     pub latency: Duration,
+    /// Whether the work may be declined when a drain begins.
+    pub cancellable: bool,
 }
 
 impl TryFrom<Value> for NewJob {
@@ -44,9 +46,15 @@ impl TryFrom<Value> for NewJob {
             return Err(invalid("name must be at most 1000 characters"));
         }
         let latency_ms = fields::latency_ms(body.remove("latency_ms")).map_err(invalid)?;
+        let cancellable = match body.remove("cancellable") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => b,
+            Some(_) => return Err(invalid("cancellable must be a boolean")),
+        };
         Ok(NewJob {
             name,
             latency: Duration::from_millis(latency_ms),
+            cancellable,
         })
     }
 }
@@ -56,7 +64,9 @@ pub async fn post_work(
     req: HttpRequest,
     body: web::Json<Value>,
     core: web::Data<Core>,
+    settings: web::Data<super::HttpSettings>,
 ) -> Result<HttpResponse, ApiError> {
+    let deadline = tokio::time::Instant::now() + settings.request_timeout;
     let job = NewJob::try_from(body.into_inner())?;
     let conn = req.conn_data::<ConnId>().copied();
     let permit = core
@@ -71,6 +81,8 @@ pub async fn post_work(
         .send(Process {
             name: job.name,
             latency: job.latency,
+            deadline: Some(deadline),
+            declines_on_drain: job.cancellable.then(|| core.phase.clone()),
         })
         .await??;
     Ok(HttpResponse::Created().json(serde_json::json!({
@@ -94,14 +106,16 @@ mod tests {
             NewJob::try_from(json!({"name": "a"})).unwrap(),
             NewJob {
                 name: "a".into(),
-                latency: Duration::ZERO
+                latency: Duration::ZERO,
+                cancellable: false
             }
         );
         assert_eq!(
             NewJob::try_from(json!({"name": "a", "latency_ms": 600000})).unwrap(),
             NewJob {
                 name: "a".into(),
-                latency: Duration::from_secs(600)
+                latency: Duration::from_secs(600),
+                cancellable: false
             }
         );
         let long = "é".repeat(1000);
@@ -125,5 +139,9 @@ mod tests {
         assert_eq!(err(json!({"name": "a", "latency_ms": "5"})), bad_latency);
         assert_eq!(err(json!({"name": "a", "latency_ms": 600001})), bad_latency);
         assert_eq!(err(json!([1])), "the body must be a JSON object");
+        assert_eq!(
+            err(json!({"name": "a", "cancellable": "yes"})),
+            "cancellable must be a boolean"
+        );
     }
 }

@@ -50,14 +50,19 @@ struct Conn {
 }
 
 /// Starts the workers and the accept loop; answers how the Supervisor reaches them.
-pub fn start(listener: TcpListener, core: &Core, workers: usize) -> Transport {
+pub fn start(
+    listener: TcpListener,
+    core: &Core,
+    settings: http::HttpSettings,
+    workers: usize,
+) -> Transport {
     let mut arbiters = Vec::with_capacity(workers);
     let mut queues = Vec::with_capacity(workers.max(1));
     if workers == 0 {
         // Serve on the System's own thread, beside the actors: no message
         // crosses a thread.
         let (tx, rx) = mpsc::unbounded_channel();
-        actix_rt::spawn(worker(core.clone(), rx));
+        actix_rt::spawn(worker(core.clone(), settings, rx));
         queues.push(tx);
     }
     for _ in 0..workers {
@@ -66,7 +71,7 @@ pub fn start(listener: TcpListener, core: &Core, workers: usize) -> Transport {
         let core = core.clone();
         // The App is not Send: it is built on the worker thread itself.
         arbiter.spawn_fn(move || {
-            actix_rt::spawn(worker(core, rx));
+            actix_rt::spawn(worker(core, settings, rx));
         });
         arbiters.push(arbiter);
         queues.push(tx);
@@ -165,14 +170,20 @@ async fn accept_error(e: std::io::Error) {
 }
 
 /// One worker thread: builds the App once, then serves each connection it is handed.
-async fn worker(core: Core, mut conns: mpsc::UnboundedReceiver<Conn>) {
+async fn worker(
+    core: Core,
+    settings: http::HttpSettings,
+    mut conns: mpsc::UnboundedReceiver<Conn>,
+) {
     let factory = actix_http::HttpService::build()
         .keep_alive(KEEP_ALIVE)
         .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
         .on_connect_ext(|io: &TrackedStream, ext| {
             ext.insert(io.conn_id());
         })
-        .h1(map_config(http::app(core), |_| AppConfig::default()));
+        .h1(map_config(http::app(core, settings), |_| {
+            AppConfig::default()
+        }));
     let service = match factory.new_service(()).await {
         Ok(service) => Rc::new(service),
         Err(()) => {

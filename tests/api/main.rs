@@ -3,6 +3,7 @@
 
 mod batching;
 mod contract;
+mod lifecycle;
 mod shutdown;
 mod startup;
 mod stdin;
