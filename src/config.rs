@@ -58,7 +58,7 @@ pub struct Config {
     pub shutdown_delay_ms: u64,
 
     /// A POST /work running past this is stopped at a safe point and answered 504 (ms).
-    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_ms: u64,
 
     /// How long start-up keeps trying to reach the database before it gives up with exit code 2 (ms).

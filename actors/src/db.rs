@@ -107,9 +107,13 @@ pub enum DbError {
         /// What it said.
         cause: String,
     },
-    /// A statement failed.
+    /// The database refused a statement: nothing it would have written was.
     #[error("database error: {0}")]
     Query(String),
+    /// The connection failed during a write: the row may or may not have
+    /// committed.
+    #[error("database connection lost during a write: {0}")]
+    Indeterminate(String),
     /// The pool is closed (the service is shutting down).
     #[error("the database pool is closed")]
     Closed,
@@ -244,6 +248,10 @@ impl DbActor {
         let mut pg: tokio_postgres::Config =
             settings.url.parse().map_err(|_| DbError::InvalidUrl)?;
         pg.connect_timeout(settings.connect_timeout);
+        // A database that vanishes mid-write is noticed in seconds, not hours.
+        pg.keepalives_idle(Duration::from_secs(10));
+        pg.keepalives_interval(Duration::from_secs(2));
+        pg.keepalives_retries(3);
         let redactor = Redactor::new(&pg);
         let target = describe_target(&pg);
         let manager = Manager::from_config(
@@ -256,6 +264,7 @@ impl DbActor {
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size)
             .create_timeout(Some(settings.connect_timeout))
+            .wait_timeout(Some(settings.connect_timeout))
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| redactor.query(e))?;
@@ -418,8 +427,11 @@ async fn write_batch(pool: Pool, redactor: Redactor, batch: Vec<Queued>) {
                 let _ = q.reply.send(Ok(q.job));
             }
         }
-        Err(e) if batch.len() == 1 => {
-            let e = redactor.query(e);
+        // Refused by the database: a single job was not written, and there
+        // is nothing to retry. (A lost connection is retried below, so a
+        // commit whose acknowledgement was lost is found again.)
+        Err(e) if batch.len() == 1 && !connection_lost(&e) => {
+            let e = write_error(&redactor, &e);
             for q in batch {
                 let _ = q.reply.send(Err(e.clone()));
             }
@@ -430,25 +442,70 @@ async fn write_batch(pool: Pool, redactor: Redactor, batch: Vec<Queued>) {
                 "a batch of {} failed ({e}); writing its jobs one by one",
                 batch.len()
             );
-            let mut client = client;
+            let mut client = Some(client);
+            let mut pool_error = None;
             for q in batch {
-                if client.is_closed() {
+                if let Some(e) = &pool_error {
+                    let _ = q.reply.send(Err(DbError::clone(e)));
+                    continue;
+                }
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    // Give the dead connection back before asking for another.
+                    drop(client.take());
                     match pool.get().await {
-                        Ok(fresh) => client = fresh,
+                        Ok(fresh) => client = Some(fresh),
                         Err(e) => {
-                            let _ = q.reply.send(Err(redactor.pool(e)));
+                            let e = redactor.pool(e);
+                            let _ = q.reply.send(Err(e.clone()));
+                            pool_error = Some(e);
                             continue;
                         }
                     }
                 }
-                let answer = match insert(&client, &[&q.job]).await {
+                let Some(conn) = client.as_ref() else {
+                    continue;
+                };
+                let answer = match insert(conn, &[&q.job]).await {
                     Ok(()) => Ok(q.job),
-                    Err(e) => Err(redactor.query(e)),
+                    // Our own random id already there: the batch did commit,
+                    // only its acknowledgement was lost.
+                    Err(e) if is_own_id_conflict(&e) => Ok(q.job),
+                    Err(e) => Err(write_error(&redactor, &e)),
                 };
                 let _ = q.reply.send(answer);
             }
         }
     }
+}
+
+/// A write's error: refused by the database (nothing was written), or lost
+/// on the way (the row may or may not have committed).
+fn write_error(redactor: &Redactor, e: &tokio_postgres::Error) -> DbError {
+    if e.as_db_error().is_some() {
+        redactor.query(e)
+    } else {
+        DbError::Indeterminate(redactor.clean(e))
+    }
+}
+
+/// The connection failed or was ended (rather than the statement refused):
+/// worth retrying on a fresh connection.
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        None => true,
+        // 08: connection exception; 57: operator intervention (terminated,
+        // shutting down).
+        Some(d) => matches!(&d.code().code()[..2], "08" | "57"),
+    }
+}
+
+/// A unique violation on the jobs' primary key: the id (a random UUID made
+/// here) is already stored, so an earlier attempt committed it.
+fn is_own_id_conflict(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        *d.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && d.constraint() == Some("jobs_pkey")
+    })
 }
 
 /// One multi-row INSERT of `jobs`: one round trip, one commit.

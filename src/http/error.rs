@@ -48,9 +48,12 @@ pub enum ApiError {
     /// The write queue is full: not processed, try again shortly.
     #[error("overloaded")]
     Overloaded,
-    /// Something on our side failed; the job may not have been stored.
+    /// Something on our side failed; the job was not stored.
     #[error("internal error: the job was not stored")]
     Internal,
+    /// The database connection failed mid-write: the job may be stored.
+    #[error("internal error: the job may or may not have been stored")]
+    Indeterminate,
 }
 
 impl ResponseError for ApiError {
@@ -66,7 +69,7 @@ impl ResponseError for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal | ApiError::Indeterminate => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -101,6 +104,10 @@ impl From<WorkError> for ApiError {
             WorkError::Declined => ApiError::ShuttingDown,
             WorkError::TimedOut => ApiError::RequestTimeout,
             WorkError::Db(drainer_actors::DbError::Overloaded) => ApiError::Overloaded,
+            WorkError::Db(e @ drainer_actors::DbError::Indeterminate(_)) => {
+                log::error!("POST /work: {e}");
+                ApiError::Indeterminate
+            }
             other => {
                 log::error!("POST /work failed: {other}");
                 ApiError::Internal

@@ -169,3 +169,27 @@ fn a_drain_finishes_the_batch_in_flight_and_cuts_the_queued_jobs() {
         vec![vec![Some("opener".into())]]
     );
 }
+
+#[test]
+fn a_write_whose_connection_dies_is_retried_on_a_fresh_one() {
+    let db = TestDb::create();
+    let mut server = Server::start(&db, &[("DB_POOL_SIZE", "1")]);
+    slow_opener(&db, 1.0);
+    let opener = post_work_async(server.port, r#"{"name":"opener"}"#);
+    wait_for_opener_write(&db);
+    let killed = db.count(
+        "SELECT count(pg_terminate_backend(pid))::text FROM pg_stat_activity \
+         WHERE datname = current_database() AND state = 'active' \
+         AND query LIKE 'INSERT INTO jobs%'",
+    );
+    assert_eq!(killed, 1, "the write's connection was killed");
+    let res = opener.join().unwrap().expect("answered");
+    assert_eq!(res.status, 201, "{res:?}");
+    assert_eq!(
+        db.count("SELECT count(*)::text FROM jobs WHERE name = 'opener'"),
+        1,
+        "stored exactly once"
+    );
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(PATIENCE).0, 0);
+}
