@@ -443,34 +443,49 @@ async fn write_batch(pool: Pool, redactor: Redactor, batch: Vec<Queued>) {
                 batch.len()
             );
             let mut client = Some(client);
+            if connection_lost(&e) {
+                discard(&mut client);
+            }
             let mut pool_error = None;
             for q in batch {
-                if let Some(e) = &pool_error {
-                    let _ = q.reply.send(Err(DbError::clone(e)));
-                    continue;
-                }
-                if client.as_ref().is_none_or(|c| c.is_closed()) {
-                    // Give the dead connection back before asking for another.
-                    drop(client.take());
-                    match pool.get().await {
-                        Ok(fresh) => client = Some(fresh),
-                        Err(e) => {
-                            let e = redactor.pool(e);
-                            let _ = q.reply.send(Err(e.clone()));
-                            pool_error = Some(e);
-                            continue;
+                let mut answer = None;
+                // Two tries: a connection that dies under one job is replaced.
+                for _ in 0..2 {
+                    if let Some(e) = &pool_error {
+                        answer = Some(Err(DbError::clone(e)));
+                        break;
+                    }
+                    if client.as_ref().is_none_or(|c| c.is_closed()) {
+                        discard(&mut client);
+                        match pool.get().await {
+                            Ok(fresh) => client = Some(fresh),
+                            Err(e) => {
+                                let e = redactor.pool(e);
+                                answer = Some(Err(e.clone()));
+                                pool_error = Some(e);
+                                break;
+                            }
                         }
                     }
+                    let Some(conn) = client.as_ref() else { break };
+                    match insert(conn, &[&q.job]).await {
+                        Ok(()) => answer = Some(Ok(())),
+                        // Our own random id already there: an earlier attempt
+                        // committed, only its acknowledgement was lost.
+                        Err(e) if is_own_id_conflict(&e) => answer = Some(Ok(())),
+                        Err(e) if connection_lost(&e) => {
+                            discard(&mut client);
+                            answer = Some(Err(write_error(&redactor, &e)));
+                            continue;
+                        }
+                        Err(e) => answer = Some(Err(write_error(&redactor, &e))),
+                    }
+                    break;
                 }
-                let Some(conn) = client.as_ref() else {
-                    continue;
-                };
-                let answer = match insert(conn, &[&q.job]).await {
-                    Ok(()) => Ok(q.job),
-                    // Our own random id already there: the batch did commit,
-                    // only its acknowledgement was lost.
-                    Err(e) if is_own_id_conflict(&e) => Ok(q.job),
-                    Err(e) => Err(write_error(&redactor, &e)),
+                let answer = match answer {
+                    Some(Ok(())) => Ok(q.job),
+                    Some(Err(e)) => Err(e),
+                    None => Err(DbError::Closed),
                 };
                 let _ = q.reply.send(answer);
             }
@@ -485,6 +500,13 @@ fn write_error(redactor: &Redactor, e: &tokio_postgres::Error) -> DbError {
         redactor.query(e)
     } else {
         DbError::Indeterminate(redactor.clean(e))
+    }
+}
+
+/// Detaches a dead connection from the pool, so it is not handed out again.
+fn discard(client: &mut Option<deadpool_postgres::Object>) {
+    if let Some(dead) = client.take() {
+        drop(deadpool_postgres::Object::take(dead));
     }
 }
 
