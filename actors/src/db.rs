@@ -308,11 +308,6 @@ impl DbActor {
             queue_bound: settings.queue_bound.max(1),
         })
     }
-
-    /// This instance's ServerInstance id.
-    pub fn instance(&self) -> InstanceId {
-        self.instance
-    }
 }
 
 /// Gets the first connection, retrying while the database is unreachable.

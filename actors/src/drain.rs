@@ -645,10 +645,6 @@ impl DrainCoordinator {
             info!("closing {asked} idle connection(s)");
         }
     }
-
-    fn is_cut(&self) -> bool {
-        self.hurry
-    }
 }
 
 impl Actor for DrainCoordinator {
@@ -768,7 +764,7 @@ impl Handler<ListenerClosed> for DrainCoordinator {
             return;
         }
         self.listener_closed = true;
-        if self.is_cut() {
+        if self.hurry {
             // Cut short: no grace for idle connections.
             self.close_idle();
         } else {
@@ -866,6 +862,30 @@ mod tests {
         fn reports(&self) -> Vec<DrainReport> {
             self.reports.lock().expect("recorder lock").clone()
         }
+        async fn begin_drain(&self) -> usize {
+            self.coordinator
+                .send(BeginDrain)
+                .await
+                .expect("coordinator alive")
+        }
+        async fn stop_admitting(&self, drain_timeout: Duration) {
+            self.coordinator
+                .send(StopAdmitting { drain_timeout })
+                .await
+                .expect("coordinator alive")
+        }
+        async fn cut(&self, reason: CancelReason) {
+            self.coordinator
+                .send(CutShort { reason })
+                .await
+                .expect("coordinator alive")
+        }
+        async fn listener_closed(&self, idle_grace: Duration) {
+            self.coordinator
+                .send(ListenerClosed { idle_grace })
+                .await
+                .expect("coordinator alive")
+        }
     }
 
     #[actix_rt::test]
@@ -887,7 +907,7 @@ mod tests {
     #[actix_rt::test]
     async fn admits_during_delay_rejects_after() {
         let h = start();
-        assert_eq!(h.coordinator.send(BeginDrain).await.unwrap(), 0);
+        assert_eq!(h.begin_drain().await, 0);
         assert_eq!(
             *h.phase.borrow(),
             Phase::Draining {
@@ -896,12 +916,7 @@ mod tests {
             }
         );
         let during_delay = h.admit().await.expect("admitted during the delay");
-        h.coordinator
-            .send(StopAdmitting {
-                drain_timeout: Duration::from_secs(30),
-            })
-            .await
-            .unwrap();
+        h.stop_admitting(Duration::from_secs(30)).await;
         assert_eq!(
             *h.phase.borrow(),
             Phase::Draining {
@@ -923,25 +938,15 @@ mod tests {
         let h = start();
         let a = h.admit().await.unwrap();
         let b = h.admit().await.unwrap();
-        h.coordinator.send(BeginDrain).await.unwrap();
-        h.coordinator
-            .send(StopAdmitting {
-                drain_timeout: Duration::from_secs(30),
-            })
-            .await
-            .unwrap();
+        h.begin_drain().await;
+        h.stop_admitting(Duration::from_secs(30)).await;
         drop(a);
         h.settle().await;
         assert!(h.reports().is_empty(), "one request still in flight");
         drop(b);
         h.settle().await;
         assert_eq!(h.reports(), vec![DrainReport::WorkDone(Outcome::Drained)]);
-        h.coordinator
-            .send(ListenerClosed {
-                idle_grace: Duration::from_millis(100),
-            })
-            .await
-            .unwrap();
+        h.listener_closed(Duration::from_millis(100)).await;
         h.settle().await;
         assert_eq!(
             h.reports(),
@@ -952,13 +957,8 @@ mod tests {
     #[actix_rt::test]
     async fn empty_drain_finishes_at_once() {
         let h = start();
-        h.coordinator.send(BeginDrain).await.unwrap();
-        h.coordinator
-            .send(StopAdmitting {
-                drain_timeout: Duration::from_secs(30),
-            })
-            .await
-            .unwrap();
+        h.begin_drain().await;
+        h.stop_admitting(Duration::from_secs(30)).await;
         h.settle().await;
         assert_eq!(h.reports(), vec![DrainReport::WorkDone(Outcome::Drained)]);
     }
@@ -969,13 +969,8 @@ mod tests {
         let h = start();
         let mut straggler = h.admit().await.unwrap();
         let mut writer = h.admit().await.unwrap();
-        h.coordinator.send(BeginDrain).await.unwrap();
-        h.coordinator
-            .send(StopAdmitting {
-                drain_timeout: Duration::from_millis(500),
-            })
-            .await
-            .unwrap();
+        h.begin_drain().await;
+        h.stop_admitting(Duration::from_millis(500)).await;
         let started = tokio::time::Instant::now();
         // The straggler waits for its cancellation; the writer "has begun its
         // write" and finishes anyway.
@@ -1008,12 +1003,7 @@ mod tests {
         tokio::time::pause();
         let h = start();
         let permit = h.admit().await.unwrap();
-        h.coordinator
-            .send(StopAdmitting {
-                drain_timeout: Duration::from_millis(500),
-            })
-            .await
-            .unwrap();
+        h.stop_admitting(Duration::from_millis(500)).await;
         drop(permit);
         h.settle().await;
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -1031,23 +1021,13 @@ mod tests {
         tokio::time::pause();
         let h = start();
         let permit = h.admit().await.unwrap();
-        assert_eq!(h.coordinator.send(BeginDrain).await.unwrap(), 1);
-        h.coordinator
-            .send(StopAdmitting {
-                drain_timeout: Duration::from_millis(500),
-            })
-            .await
-            .unwrap();
+        assert_eq!(h.begin_drain().await, 1);
+        h.stop_admitting(Duration::from_millis(500)).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         // A second BeginDrain and a second StopAdmitting neither reopen
         // admission nor push the deadline back.
-        assert_eq!(h.coordinator.send(BeginDrain).await.unwrap(), 1);
-        h.coordinator
-            .send(StopAdmitting {
-                drain_timeout: Duration::from_secs(60),
-            })
-            .await
-            .unwrap();
+        assert_eq!(h.begin_drain().await, 1);
+        h.stop_admitting(Duration::from_secs(60)).await;
         assert_eq!(
             *h.phase.borrow(),
             Phase::Draining {
@@ -1069,13 +1049,8 @@ mod tests {
     async fn cut_short_cancels_at_once_with_forced() {
         let h = start();
         let mut permit = h.admit().await.unwrap();
-        h.coordinator.send(BeginDrain).await.unwrap();
-        h.coordinator
-            .send(CutShort {
-                reason: CancelReason::ShutdownForced,
-            })
-            .await
-            .unwrap();
+        h.begin_drain().await;
+        h.cut(CancelReason::ShutdownForced).await;
         assert_eq!(permit.cancelled().await, CancelReason::ShutdownForced);
         assert_eq!(h.admit().await.unwrap_err(), ShuttingDown);
         permit.mark_cancelled();
@@ -1096,12 +1071,7 @@ mod tests {
         tokio::time::pause();
         let h = start();
         let _stuck = h.admit().await.unwrap();
-        h.coordinator
-            .send(CutShort {
-                reason: CancelReason::ShutdownForced,
-            })
-            .await
-            .unwrap();
+        h.cut(CancelReason::ShutdownForced).await;
         h.settle().await;
         assert!(h.reports().is_empty());
         tokio::time::sleep(LINGER + Duration::from_millis(1)).await;
@@ -1130,19 +1100,9 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        h.coordinator.send(BeginDrain).await.unwrap();
-        h.coordinator
-            .send(StopAdmitting {
-                drain_timeout: Duration::from_secs(30),
-            })
-            .await
-            .unwrap();
-        h.coordinator
-            .send(ListenerClosed {
-                idle_grace: Duration::from_millis(100),
-            })
-            .await
-            .unwrap();
+        h.begin_drain().await;
+        h.stop_admitting(Duration::from_secs(30)).await;
+        h.listener_closed(Duration::from_millis(100)).await;
         tokio::time::sleep(Duration::from_millis(99)).await;
         h.settle().await;
         assert!(idle_close.try_recv().is_err(), "closed before the grace");
@@ -1171,12 +1131,7 @@ mod tests {
     async fn a_zero_drain_timeout_cuts_before_the_answer() {
         let h = start();
         let mut permit = h.admit().await.unwrap();
-        h.coordinator
-            .send(StopAdmitting {
-                drain_timeout: Duration::ZERO,
-            })
-            .await
-            .unwrap();
+        h.stop_admitting(Duration::ZERO).await;
         // Already published when StopAdmitting has been handled.
         assert_eq!(
             *h.phase.borrow(),
@@ -1191,12 +1146,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_cut_with_nothing_in_flight_is_a_completed_drain() {
         let h = start();
-        h.coordinator
-            .send(CutShort {
-                reason: CancelReason::ShutdownForced,
-            })
-            .await
-            .unwrap();
+        h.cut(CancelReason::ShutdownForced).await;
         h.settle().await;
         assert_eq!(h.reports(), vec![DrainReport::WorkDone(Outcome::Drained)]);
     }
@@ -1206,19 +1156,9 @@ mod tests {
         tokio::time::pause();
         let h = start();
         let (_idle, mut idle_close) = ConnGuard::register(&h.coordinator);
-        h.coordinator.send(BeginDrain).await.unwrap();
-        h.coordinator
-            .send(CutShort {
-                reason: CancelReason::ShutdownForced,
-            })
-            .await
-            .unwrap();
-        h.coordinator
-            .send(ListenerClosed {
-                idle_grace: Duration::from_secs(60),
-            })
-            .await
-            .unwrap();
+        h.begin_drain().await;
+        h.cut(CancelReason::ShutdownForced).await;
+        h.listener_closed(Duration::from_secs(60)).await;
         h.settle().await;
         assert_eq!(idle_close.try_recv(), Ok(Close::IfIdle));
     }
@@ -1228,20 +1168,10 @@ mod tests {
         tokio::time::pause();
         let h = start();
         let (_slow_reader, mut close) = ConnGuard::register(&h.coordinator);
-        h.coordinator
-            .send(StopAdmitting {
-                drain_timeout: Duration::from_secs(30),
-            })
-            .await
-            .unwrap();
+        h.stop_admitting(Duration::from_secs(30)).await;
         h.settle().await;
         assert_eq!(h.reports(), vec![DrainReport::WorkDone(Outcome::Drained)]);
-        h.coordinator
-            .send(CutShort {
-                reason: CancelReason::ShutdownForced,
-            })
-            .await
-            .unwrap();
+        h.cut(CancelReason::ShutdownForced).await;
         h.settle().await;
         assert_eq!(close.try_recv(), Ok(Close::Now));
         assert_eq!(
@@ -1256,18 +1186,8 @@ mod tests {
         let h = start();
         let (_guard, mut close) = ConnGuard::register(&h.coordinator);
         let permit = h.admit().await.unwrap();
-        h.coordinator
-            .send(StopAdmitting {
-                drain_timeout: Duration::from_secs(30),
-            })
-            .await
-            .unwrap();
-        h.coordinator
-            .send(ListenerClosed {
-                idle_grace: Duration::from_secs(60),
-            })
-            .await
-            .unwrap();
+        h.stop_admitting(Duration::from_secs(30)).await;
+        h.listener_closed(Duration::from_secs(60)).await;
         drop(permit);
         h.settle().await;
         assert_eq!(h.reports(), vec![DrainReport::WorkDone(Outcome::Drained)]);

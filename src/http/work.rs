@@ -68,14 +68,14 @@ pub async fn post_work(
 ) -> Result<HttpResponse, ApiError> {
     let deadline = tokio::time::Instant::now() + settings.request_timeout;
     let job = NewJob::try_from(body.into_inner())?;
+    // The HTTP service always runs with a database (start-up requires it).
+    let db = core.db.clone().ok_or(ApiError::Internal)?;
     let conn = req.conn_data::<ConnId>().copied();
     let permit = core
         .coordinator
         .send(Admit { conn })
         .await?
         .map_err(|_| ApiError::ShuttingDown)?;
-    // The HTTP service always runs with a database (start-up requires it).
-    let db = core.db.clone().ok_or(ApiError::Internal)?;
     let stored = RequestActor::new(permit, db)
         .start()
         .send(Process {

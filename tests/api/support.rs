@@ -5,10 +5,8 @@
 //! The tests need `DATABASE_URL` to point at a PostgreSQL server where they may
 //! create databases; `make test` starts a throwaway cluster and sets it.
 
-#![allow(dead_code)]
-
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -354,10 +352,6 @@ impl Server {
             }
         }
     }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("127.0.0.1:{}{path}", self.port)
-    }
 }
 
 impl Drop for Server {
@@ -503,10 +497,6 @@ impl Client {
         let _ = self.stream.get_ref().set_read_timeout(Some(within));
         let mut byte = [0u8; 1];
         matches!(self.stream.get_mut().read(&mut byte), Ok(0))
-    }
-
-    pub fn shutdown(&mut self) {
-        let _ = self.stream.get_ref().shutdown(Shutdown::Both);
     }
 }
 
