@@ -31,3 +31,6 @@ CREATE TABLE IF NOT EXISTS DrainEvent (
 );
 
 CREATE INDEX IF NOT EXISTS idx_drain_instance ON DrainEvent (instance_id, timestamp);
+
+-- The heartbeat (HEARTBEAT_MS): when the instance was last known alive.
+ALTER TABLE ServerInstance ADD COLUMN IF NOT EXISTS last_seen_at TIMESTAMPTZ;

@@ -15,15 +15,25 @@ use clap::Parser;
 const AFTER_HELP: &str = "\
 Logging: RUST_LOG (env_logger syntax, default \"info\"), to stderr.
 
-Shutdown (see README):
-  SIGTERM  starts the graceful drain; later SIGTERMs are logged and ignored
+Shutdown (see docs/operations.md):
+  SIGTERM  starts the graceful drain (or continues a prestop's); later SIGTERMs are logged and ignored
   SIGINT   the first starts the graceful drain; a second one cuts it short
   SIGQUIT  cuts the drain short at once
+  POST /admin/prestop (admin listener) begins the drain and answers after the delay
+  Phases, in order: delay, stop_accepting, drain, stop_admin, stop_background,
+  flush_telemetry, close_database; all within SHUTDOWN_TIMEOUT_MS.
+
+Telemetry: each shutdown is one OpenTelemetry trace, exported over OTLP/HTTP
+when OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set
+and OTEL_TRACES_EXPORTER is not \"none\"; otherwise not exported.
 
 Exit codes:
   0  the drain completed: every admitted request got its real answer
   1  the drain was cut short (DRAIN_TIMEOUT_MS, a second SIGINT, or SIGQUIT)
   2  start-up failed (invalid configuration, port in use, database unreachable)";
+
+/// A prestop waits `SHUTDOWN_DELAY_MS`, or this long when that is 0 (ms).
+pub const PRESTOP_DEFAULT_DELAY_MS: u64 = 5_000;
 
 /// drainer: an HTTP service that drains in-flight work on shutdown and loses nothing.
 #[derive(Debug, Parser)]
@@ -56,6 +66,30 @@ pub struct Config {
     /// After a shutdown signal, how long to keep serving (health answers 503) before closing the listener (ms).
     #[arg(long, env = "SHUTDOWN_DELAY_MS", default_value_t = 0)]
     pub shutdown_delay_ms: u64,
+
+    /// The whole shutdown's budget, from the prestop or the first signal; start-up refuses phases that cannot fit (ms).
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 45_000)]
+    pub shutdown_timeout_ms: u64,
+
+    /// The own deadline of each shutdown phase other than the delay and the drain (ms).
+    #[arg(long, env = "SHUTDOWN_PHASE_TIMEOUT_MS", default_value_t = 1_500)]
+    pub shutdown_phase_timeout_ms: u64,
+
+    /// How often the instance's ServerInstance.last_seen_at is stamped (ms).
+    #[arg(long, env = "HEARTBEAT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat_ms: u64,
+
+    /// Port of the admin listener (/metrics, /admin/prestop); off when unset. 0 picks a free port.
+    #[arg(long, env = "ADMIN_PORT")]
+    pub admin_port: Option<u16>,
+
+    /// Address of the admin listener.
+    #[arg(long, env = "ADMIN_BIND", default_value = "127.0.0.1")]
+    pub admin_bind: IpAddr,
+
+    /// Test-only: this shutdown phase hangs after its work until its deadline.
+    #[arg(long, env = "DRAINER_TEST_STALL_PHASE", hide = true)]
+    pub test_stall_phase: Option<String>,
 
     /// A POST /work running past this is stopped at a safe point and answered 504 (ms).
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -100,6 +134,24 @@ impl Config {
     /// The shutdown delay.
     pub fn shutdown_delay(&self) -> Duration {
         Duration::from_millis(self.shutdown_delay_ms)
+    }
+
+    /// The shutdown settings for a transport whose delay is `shutdown_delay`.
+    pub fn shutdown(&self, shutdown_delay: Duration) -> drainer_actors::ShutdownSettings {
+        let prestop = match self.shutdown_delay_ms {
+            0 => PRESTOP_DEFAULT_DELAY_MS,
+            ms => ms,
+        };
+        drainer_actors::ShutdownSettings {
+            shutdown_delay,
+            prestop_delay: Duration::from_millis(prestop),
+            drain_timeout: self.drain_timeout(),
+            idle_grace: self.idle_close_grace(),
+            budget: Duration::from_millis(self.shutdown_timeout_ms),
+            phase_timeout: Duration::from_millis(self.shutdown_phase_timeout_ms),
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            stalled_phase: self.test_stall_phase.clone(),
+        }
     }
 
     /// The database connect timeout.
@@ -221,6 +273,17 @@ mod tests {
         assert_eq!(setting("db_pool_size"), (s("DB_POOL_SIZE"), s("4")));
         assert_eq!(setting("db_batch_size"), (s("DB_BATCH_SIZE"), s("64")));
         assert_eq!(setting("db_queue_bound"), (s("DB_QUEUE_BOUND"), s("10000")));
+        assert_eq!(
+            setting("shutdown_timeout_ms"),
+            (s("SHUTDOWN_TIMEOUT_MS"), s("45000"))
+        );
+        assert_eq!(
+            setting("shutdown_phase_timeout_ms"),
+            (s("SHUTDOWN_PHASE_TIMEOUT_MS"), s("1500"))
+        );
+        assert_eq!(setting("heartbeat_ms"), (s("HEARTBEAT_MS"), s("5000")));
+        assert_eq!(setting("admin_port"), (s("ADMIN_PORT"), None));
+        assert_eq!(setting("admin_bind"), (s("ADMIN_BIND"), s("127.0.0.1")));
     }
 
     #[test]

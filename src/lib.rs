@@ -9,18 +9,23 @@
 //! - [`server`] — the HTTP transport: drainer's own accept loop (so the
 //!   coordinator knows every connection, and the listener closes without
 //!   resetting queued clients) feeding actix-web workers.
+//! - [`admin`] — the admin listener (`ADMIN_PORT`): `/metrics` and
+//!   `/admin/prestop`, stopped in its own shutdown phase after the API drains.
+//! - [`telemetry`] — where the shutdown trace goes (`OTEL_*` variables).
 //! - [`fields`] — field rules both transports share (`latency_ms`).
 //! - [`http`] — the routes, the drain-policy middleware, and the one error
 //!   type that becomes every JSON error response.
 //! - [`stdin`] — the stdin transport (`--stdin`): the node protocol's codec
 //!   and the node that feeds it to the same actors.
 //!
-//! The actors themselves — Supervisor, DrainCoordinator, RequestActor, DbActor
-//! — live in the `drainer-actors` crate, which knows nothing of HTTP.
+//! The actors themselves — Supervisor, DrainCoordinator, RequestActor, DbActor,
+//! Heartbeat — and the shutdown's lifecycle registry and metrics live in the `drainer-actors` crate, which knows nothing of HTTP.
 
+pub mod admin;
 pub mod config;
 pub mod fields;
 pub mod http;
 pub mod server;
 pub mod startup;
 pub mod stdin;
+pub mod telemetry;

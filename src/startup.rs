@@ -6,12 +6,15 @@ use std::net::SocketAddr;
 
 use clap::error::ErrorKind;
 use clap::Parser;
-use drainer_actors::{DbActor, DbError, DbSettings, ShutdownSettings, Signals, Supervisor};
+use drainer_actors::{
+    census, phase, Components, DbActor, DbError, DbSettings, Metrics, Signals, Supervisor,
+};
 use futures_util::StreamExt;
 use log::info;
 
 use crate::config::Config;
-use crate::server;
+use crate::telemetry::Telemetry;
+use crate::{admin, server};
 
 /// Exit code of a start-up failure.
 pub const EXIT_STARTUP: i32 = 2;
@@ -25,6 +28,12 @@ pub enum StartupError {
     /// Another process holds the port.
     #[error("port {port} is already in use (another drainer running?)")]
     PortInUse {
+        /// The port asked for.
+        port: u16,
+    },
+    /// Another process holds the admin port.
+    #[error("admin port {port} is already in use (ADMIN_PORT)")]
+    AdminPortInUse {
         /// The port asked for.
         port: u16,
     },
@@ -76,17 +85,16 @@ pub fn run() -> i32 {
         }
     };
     init_logging();
-    if config.stdin {
-        system.block_on(async { start_stdin(&config, signals) });
-        return match system.run_with_code() {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("drainer: the actor system failed: {e}");
-                1
-            }
-        };
-    }
-    match system.block_on(start(config, signals)) {
+    let telemetry = match Telemetry::from_env() {
+        Ok(telemetry) => telemetry,
+        Err(e) => return fail(StartupError::Config(e)),
+    };
+    let started = if config.stdin {
+        system.block_on(async { start_stdin(&config, signals, &telemetry) })
+    } else {
+        system.block_on(start(config, signals, &telemetry))
+    };
+    match started {
         Ok(Started::Serving) => {}
         Ok(Started::Interrupted(signal)) => {
             info!("{signal} during start-up: stopping before serving anything");
@@ -95,13 +103,19 @@ pub fn run() -> i32 {
         }
         Err(e) => return fail(e),
     }
-    match system.run_with_code() {
+    let code = match system.run_with_code() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("drainer: the actor system failed: {e}");
             1
         }
-    }
+    };
+    telemetry.shutdown();
+    // Every actor stopped itself and every task ended before the System
+    // stopped, or it is counted here.
+    info!("leak check: {}", census::alive());
+    info!("exited with code {code}");
+    code
 }
 
 fn fail(e: StartupError) -> i32 {
@@ -117,21 +131,34 @@ fn init_logging() {
 
 /// Launches the actors with the stdin transport: no database, no port, and
 /// no shutdown delay (there is no load balancer to tell).
-fn start_stdin(config: &Config, signals: Signals) {
-    let shutdown = ShutdownSettings {
-        shutdown_delay: std::time::Duration::ZERO,
-        drain_timeout: config.drain_timeout(),
-        idle_grace: config.idle_close_grace(),
-    };
+fn start_stdin(
+    config: &Config,
+    signals: Signals,
+    telemetry: &Telemetry,
+) -> Result<Started, StartupError> {
+    let shutdown = config.shutdown(std::time::Duration::ZERO);
+    shutdown
+        .check_budget(false, false)
+        .map_err(|e| StartupError::Config(e.to_string()))?;
     let drain_timeout = config.drain_timeout();
-    Supervisor::launch(shutdown, None, signals, |core| {
+    let components = Components {
+        db: None,
+        metrics: Metrics::new(&phase::ALL),
+        flush_telemetry: telemetry.flusher(),
+    };
+    Supervisor::launch(shutdown, components, signals, |core, _| {
         crate::stdin::node::start(core, drain_timeout)
     });
     info!("speaking the node protocol on stdin and stdout");
+    Ok(Started::Serving)
 }
 
-/// Binds the port, opens the database, registers, and launches the actors.
-async fn start(config: Config, mut signals: Signals) -> Result<Started, StartupError> {
+/// Binds the ports, opens the database, registers, and launches the actors.
+async fn start(
+    config: Config,
+    mut signals: Signals,
+    telemetry: &Telemetry,
+) -> Result<Started, StartupError> {
     let url = config
         .database_url
         .clone()
@@ -146,6 +173,10 @@ async fn start(config: Config, mut signals: Signals) -> Result<Started, StartupE
     settings
         .check()
         .map_err(|e| StartupError::Config(e.to_string()))?;
+    let shutdown = config.shutdown(config.shutdown_delay());
+    shutdown
+        .check_budget(true, config.admin_port.is_some())
+        .map_err(|e| StartupError::Config(e.to_string()))?;
     let addr = SocketAddr::new(config.bind_address, config.port);
     // The port first: a second instance that cannot have it must never touch
     // the live instance's ServerInstance row.
@@ -158,6 +189,11 @@ async fn start(config: Config, mut signals: Signals) -> Result<Started, StartupE
         .map_err(|source| StartupError::Bind { addr, source })?;
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|source| StartupError::Bind { addr, source })?;
+    // Then the admin port, so an error names the port that failed.
+    let admin_listener = match config.admin_port {
+        None => None,
+        Some(port) => Some(bind_admin(SocketAddr::new(config.admin_bind, port)).await?),
+    };
 
     let host = config.instance_host();
     let db = tokio::select! {
@@ -168,18 +204,39 @@ async fn start(config: Config, mut signals: Signals) -> Result<Started, StartupE
         Some(signal) = signals.next() => return Ok(Started::Interrupted(signal)),
     };
 
-    let shutdown = ShutdownSettings {
-        shutdown_delay: config.shutdown_delay(),
-        drain_timeout: config.drain_timeout(),
-        idle_grace: config.idle_close_grace(),
-    };
     let workers = config.worker_count();
     let http_settings = crate::http::HttpSettings {
         request_timeout: config.request_timeout(),
     };
-    Supervisor::launch(shutdown, Some(db), signals, |core| {
+    let phase_timeout = shutdown.phase_timeout;
+    let components = Components {
+        db: Some(db),
+        metrics: Metrics::new(&phase::ALL),
+        flush_telemetry: telemetry.flusher(),
+    };
+    Supervisor::launch(shutdown, components, signals, |core, lifecycle| {
+        if let Some((admin_listener, admin_addr)) = admin_listener {
+            admin::start(admin_listener, core, lifecycle, phase_timeout);
+            info!("admin listener on {admin_addr} (/metrics, /admin/prestop)");
+        }
         server::start(listener, core, http_settings, workers)
     });
     info!("listening on {local} with {workers} worker(s)");
     Ok(Started::Serving)
+}
+
+/// Binds the admin listener; answers it and the address it got.
+async fn bind_admin(
+    addr: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), StartupError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::AddrInUse => StartupError::AdminPortInUse { port: addr.port() },
+            _ => StartupError::Bind { addr, source },
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartupError::Bind { addr, source })?;
+    Ok((listener, local))
 }

@@ -23,11 +23,15 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use actix::{
-    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, ResponseFuture, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, ResponseFuture,
+    WrapFuture,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use log::{debug, info};
 use tokio::sync::oneshot;
+
+use crate::census;
+use crate::lifecycle::StopActor;
 use tokio_postgres::config::Host;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
@@ -200,7 +204,14 @@ pub struct RecordDrainComplete {
     pub success: bool,
     /// Requests still in flight when the drain was cut short (0 on success).
     pub remaining: usize,
+    /// The shutdown report's figures, added to the event's details.
+    pub report: serde_json::Map<String, serde_json::Value>,
 }
+
+/// Stamps this instance's `last_seen_at`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), DbError>")]
+pub struct Beat;
 
 /// Checks that the pool can get a connection and the database answers.
 #[derive(Debug, Message)]
@@ -284,9 +295,9 @@ impl DbActor {
         let port = i32::from(port);
         let row = client
             .query_one(
-                "INSERT INTO ServerInstance (host, port) VALUES ($1, $2) \
+                "INSERT INTO ServerInstance (host, port, last_seen_at) VALUES ($1, $2, now()) \
                  ON CONFLICT (host, port) DO UPDATE SET status = 'active', inflight_count = 0, \
-                 drain_started_at = NULL, drained_at = NULL \
+                 drain_started_at = NULL, drained_at = NULL, last_seen_at = now() \
                  RETURNING id",
                 &[&host, &port],
             )
@@ -377,8 +388,13 @@ impl Actor for DbActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        census::actor_started();
         // Every POST /work writes through here: give bursts room.
         ctx.set_mailbox_capacity(4096);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        census::actor_stopped();
     }
 }
 
@@ -603,10 +619,11 @@ impl Handler<RecordDrainComplete> for DbActor {
 
     /// status = stopped, drained_at, inflight_count; a `drain_complete` event.
     fn handle(&mut self, msg: RecordDrainComplete, _: &mut Context<Self>) -> Self::Result {
-        let details = serde_json::json!({
-            "success": msg.success,
-            "remaining_inflight": msg.remaining,
-        });
+        let mut details = serde_json::Map::new();
+        details.insert("success".into(), msg.success.into());
+        details.insert("remaining_inflight".into(), msg.remaining.into());
+        details.extend(msg.report);
+        let details = serde_json::Value::Object(details);
         self.record(
             "UPDATE ServerInstance SET status = 'stopped', drained_at = now(), \
              inflight_count = $2 WHERE id = $1",
@@ -668,6 +685,43 @@ impl Handler<Ping> for DbActor {
                 Err(_) => Err(DbError::Query("the database did not answer in time".into())),
             }
         })
+    }
+}
+
+impl Handler<Beat> for DbActor {
+    type Result = ResponseFuture<Result<(), DbError>>;
+
+    /// `last_seen_at = now()`, bounded like a ping.
+    fn handle(&mut self, _: Beat, _: &mut Context<Self>) -> Self::Result {
+        let pool = self.pool.clone();
+        let redactor = self.redactor.clone();
+        let instance = self.instance.0;
+        Box::pin(async move {
+            let beat = async {
+                let client = pool.get().await.map_err(|e| redactor.pool(e))?;
+                client
+                    .execute(
+                        "UPDATE ServerInstance SET last_seen_at = now() WHERE id = $1",
+                        &[&instance],
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| redactor.query(e))
+            };
+            match tokio::time::timeout(PING_TIMEOUT, beat).await {
+                Ok(answer) => answer,
+                Err(_) => Err(DbError::Query("the database did not answer in time".into())),
+            }
+        })
+    }
+}
+
+impl Handler<StopActor> for DbActor {
+    type Result = ();
+
+    /// The process is exiting (the pool is already closed): stop.
+    fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {
+        ctx.stop();
     }
 }
 

@@ -23,9 +23,15 @@ use std::future::pending;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle};
+use actix::{
+    Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle,
+};
 use log::{debug, info};
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::census;
+use crate::lifecycle::StopActor;
+use crate::metrics::{DrainStateValue, Metrics};
 
 // ----------------------------------------------------------------------------
 // Values
@@ -237,6 +243,8 @@ pub struct Snapshot {
     pub in_flight: usize,
     /// Connections open.
     pub connections: usize,
+    /// Requests that finished with their real answer since the drain began.
+    pub completed_in_drain: usize,
     /// How the drain ended, once it has.
     pub outcome: Option<Outcome>,
 }
@@ -406,6 +414,10 @@ pub struct DrainCoordinator {
     phase: watch::Sender<Phase>,
     /// Who sequences the shutdown.
     report_to: Recipient<DrainReport>,
+    /// Requests that finished with their real answer since the drain began.
+    completed_in_drain: usize,
+    /// Where the in-flight count and the state are published for `/metrics`.
+    metrics: Option<Metrics>,
 }
 
 impl DrainCoordinator {
@@ -425,6 +437,20 @@ impl DrainCoordinator {
             linger_timer: None,
             phase,
             report_to,
+            completed_in_drain: 0,
+            metrics: None,
+        }
+    }
+
+    /// Publishes the in-flight gauge, the drain state and the forced closes to `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn publish_in_flight(&self) {
+        if let Some(m) = &self.metrics {
+            m.set_in_flight(self.requests.len());
         }
     }
 
@@ -445,7 +471,15 @@ impl DrainCoordinator {
     }
 
     fn publish(&self) {
-        self.phase.send_replace(self.current_phase());
+        let phase = self.current_phase();
+        if let Some(m) = &self.metrics {
+            m.set_drain_state(match phase {
+                Phase::Active => DrainStateValue::Active,
+                Phase::Draining { .. } => DrainStateValue::Draining,
+                Phase::Stopped => DrainStateValue::Stopped,
+            });
+        }
+        self.phase.send_replace(phase);
     }
 
     /// Active → Draining (admitting). Does nothing in any other state.
@@ -590,6 +624,9 @@ impl DrainCoordinator {
                 "drain over after {} ms: {outcome:?}",
                 d.since.elapsed().as_millis()
             );
+            if let Some(m) = &self.metrics {
+                m.set_drain_duration(d.since.elapsed());
+            }
         }
         self.publish();
         self.report_to.do_send(DrainReport::WorkDone(outcome));
@@ -608,6 +645,9 @@ impl DrainCoordinator {
         }
         for conn in self.connections.values() {
             let _ = conn.close.send(Close::Now);
+        }
+        if let Some(m) = &self.metrics {
+            m.force_closed(self.connections.len());
         }
         self.listener_closed = true;
         self.report_quiet(ctx);
@@ -651,8 +691,13 @@ impl Actor for DrainCoordinator {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        census::actor_started();
         // Every request asks to be admitted: give bursts room.
         ctx.set_mailbox_capacity(4096);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        census::actor_stopped();
     }
 }
 
@@ -682,6 +727,7 @@ impl Handler<Admit> for DrainCoordinator {
             conn.requests += 1;
         }
         debug!("admitted request {id}; {} in flight", self.requests.len());
+        self.publish_in_flight();
         Ok(Permit {
             id,
             cancel: cancel_rx,
@@ -706,7 +752,10 @@ impl Handler<RequestFinished> for DrainCoordinator {
             if let DrainState::Draining(Drain { cut: Some(cut), .. }) = &mut self.state {
                 cut.cancelled += 1;
             }
+        } else if !matches!(self.state, DrainState::Active) {
+            self.completed_in_drain += 1;
         }
+        self.publish_in_flight();
         self.check_work_done(ctx);
     }
 }
@@ -783,6 +832,15 @@ impl Handler<CutShort> for DrainCoordinator {
     }
 }
 
+impl Handler<StopActor> for DrainCoordinator {
+    type Result = ();
+
+    /// The process is exiting: stop.
+    fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
 impl Handler<GetSnapshot> for DrainCoordinator {
     type Result = actix::MessageResult<GetSnapshot>;
 
@@ -792,6 +850,7 @@ impl Handler<GetSnapshot> for DrainCoordinator {
             phase: self.current_phase(),
             in_flight: self.requests.len(),
             connections: self.connections.len(),
+            completed_in_drain: self.completed_in_drain,
             outcome: match self.state {
                 DrainState::Stopped(outcome) => Some(outcome),
                 _ => None,

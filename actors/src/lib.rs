@@ -56,8 +56,12 @@
 
 #![deny(missing_docs)]
 
+pub mod census;
 pub mod db;
 pub mod drain;
+pub mod heartbeat;
+pub mod lifecycle;
+pub mod metrics;
 pub mod request;
 pub mod signals;
 pub mod supervisor;
@@ -66,9 +70,11 @@ pub use db::{DbActor, DbError, DbSettings, Job};
 pub use drain::{
     CancelReason, Close, ConnGuard, ConnId, DrainCoordinator, Outcome, Permit, Phase, ShuttingDown,
 };
+pub use lifecycle::{Lifecycle, PhaseCtx, StopActor};
+pub use metrics::Metrics;
 pub use request::{RequestActor, WorkError};
 pub use signals::{ShutdownSignal, Signals};
 pub use supervisor::{
-    CloseListener, Core, ShutdownSettings, StopTransport, Supervisor, Transport, TransportDrain,
-    TransportEnded,
+    phase, CloseListener, Components, Core, PreStop, ShutdownSettings, StopTransport, Supervisor,
+    Transport, TransportDrain, TransportEnded,
 };

@@ -134,6 +134,14 @@ impl RequestActor {
 
 impl Actor for RequestActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        crate::census::actor_started();
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        crate::census::actor_stopped();
+    }
 }
 
 impl Handler<Process> for RequestActor {

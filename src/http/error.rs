@@ -39,6 +39,9 @@ pub enum ApiError {
     /// A drain has begun: the request was not processed.
     #[error("server_shutting_down")]
     ShuttingDown,
+    /// Cancellable work declined when a drain began; nothing was written.
+    #[error("server_shutting_down")]
+    Declined,
     /// The work was cancelled at its safe point; nothing was written.
     #[error("{0}")]
     Cancelled(CancelReason),
@@ -65,9 +68,10 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::ShuttingDown | ApiError::Cancelled(_) | ApiError::Overloaded => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::ShuttingDown
+            | ApiError::Declined
+            | ApiError::Cancelled(_)
+            | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal | ApiError::Indeterminate => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -79,6 +83,21 @@ impl ResponseError for ApiError {
             res.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
         }
         res.json(serde_json::json!({ "error": self.to_string() }))
+    }
+}
+
+impl ApiError {
+    /// Its `drainer_requests_total{outcome}` label.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ApiError::ShuttingDown => "rejected",
+            ApiError::Declined => "cancelled",
+            ApiError::Cancelled(CancelReason::DrainTimeout) => "drain_timeout",
+            ApiError::Cancelled(CancelReason::ShutdownForced) => "shutdown_forced",
+            ApiError::RequestTimeout => "request_timeout",
+            ApiError::Overloaded => "overloaded",
+            _ => "error",
+        }
     }
 }
 
@@ -101,7 +120,7 @@ impl From<WorkError> for ApiError {
     fn from(e: WorkError) -> Self {
         match e {
             WorkError::Cancelled(reason) => ApiError::Cancelled(reason),
-            WorkError::Declined => ApiError::ShuttingDown,
+            WorkError::Declined => ApiError::Declined,
             WorkError::TimedOut => ApiError::RequestTimeout,
             WorkError::Db(drainer_actors::DbError::Overloaded) => ApiError::Overloaded,
             WorkError::Db(e @ drainer_actors::DbError::Indeterminate(_)) => {

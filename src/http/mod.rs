@@ -92,6 +92,11 @@ async fn drain_policy(
     let phase = || core.as_ref().map_or(Phase::Active, |c| *c.phase.borrow());
     let probe = req.method() == actix_web::http::Method::GET && PROBES.contains(&req.path());
     if !phase().admitting() && !probe {
+        if req.path() == "/work" {
+            if let Some(core) = &core {
+                core.metrics.request("rejected");
+            }
+        }
         let mut res = req.into_response(ApiError::ShuttingDown.error_response());
         close_connection(&mut res);
         return Ok(res.map_into_right_body());
@@ -146,10 +151,10 @@ async fn ready(core: web::Data<Core>) -> HttpResponse {
     }
 }
 
-async fn not_found() -> Result<HttpResponse, ApiError> {
+pub(crate) async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound)
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+pub(crate) async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed)
 }

@@ -59,8 +59,24 @@ impl TryFrom<Value> for NewJob {
     }
 }
 
-/// Validates, is admitted (or answered 503), runs the work, answers 201.
+/// Validates, is admitted (or answered 503), runs the work, answers 201;
+/// counts the outcome.
 pub async fn post_work(
+    req: HttpRequest,
+    body: web::Json<Value>,
+    core: web::Data<Core>,
+    settings: web::Data<super::HttpSettings>,
+) -> Result<HttpResponse, ApiError> {
+    let metrics = core.metrics.clone();
+    let answer = work(req, body, core, settings).await;
+    metrics.request(match &answer {
+        Ok(_) => "created",
+        Err(e) => e.outcome(),
+    });
+    answer
+}
+
+async fn work(
     req: HttpRequest,
     body: web::Json<Value>,
     core: web::Data<Core>,

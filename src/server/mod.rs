@@ -21,12 +21,12 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use actix::{Actor, Addr, Context, Handler, ResponseFuture};
+use actix::{Actor, ActorContext, Addr, Context, Handler, ResponseFuture};
 use actix_rt::Arbiter;
 use actix_service::{map_config, Service, ServiceFactory};
 use actix_web::dev::AppConfig;
 use drainer_actors::{
-    Close, CloseListener, ConnGuard, Core, DrainCoordinator, StopTransport, Transport,
+    census, Close, CloseListener, ConnGuard, Core, DrainCoordinator, StopTransport, Transport,
 };
 use log::{error, info};
 use tokio::net::TcpListener;
@@ -62,7 +62,7 @@ pub fn start(
         // Serve on the System's own thread, beside the actors: no message
         // crosses a thread.
         let (tx, rx) = mpsc::unbounded_channel();
-        actix_rt::spawn(worker(core.clone(), settings, rx));
+        census::spawn(worker(core.clone(), settings, rx));
         queues.push(tx);
     }
     for _ in 0..workers {
@@ -71,7 +71,7 @@ pub fn start(
         let core = core.clone();
         // The App is not Send: it is built on the worker thread itself.
         arbiter.spawn_fn(move || {
-            actix_rt::spawn(worker(core, settings, rx));
+            census::spawn(worker(core, settings, rx));
         });
         arbiters.push(arbiter);
         queues.push(tx);
@@ -82,7 +82,7 @@ pub fn start(
         workers: queues,
         next: 0,
     };
-    actix_rt::spawn(accept_loop(listener, close_rx, dispatcher));
+    census::spawn(accept_loop(listener, close_rx, dispatcher));
     let actor = HttpTransport {
         close: Some(close_tx),
         workers: arbiters,
@@ -192,7 +192,7 @@ async fn worker(
         }
     };
     while let Some(conn) = conns.recv().await {
-        actix_rt::spawn(serve(service.clone(), conn));
+        census::spawn(serve(service.clone(), conn));
     }
 }
 
@@ -244,6 +244,14 @@ struct HttpTransport {
 
 impl Actor for HttpTransport {
     type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        census::actor_started();
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        census::actor_stopped();
+    }
 }
 
 impl Handler<CloseListener> for HttpTransport {
@@ -260,12 +268,23 @@ impl Handler<CloseListener> for HttpTransport {
 }
 
 impl Handler<StopTransport> for HttpTransport {
-    type Result = ();
+    type Result = ResponseFuture<()>;
 
-    /// Stops the worker threads.
-    fn handle(&mut self, _: StopTransport, _: &mut Context<Self>) {
-        for worker in self.workers.drain(..) {
-            worker.stop();
-        }
+    /// Stops the worker threads and waits for them to end; then this actor stops.
+    fn handle(&mut self, _: StopTransport, ctx: &mut Context<Self>) -> Self::Result {
+        let workers = std::mem::take(&mut self.workers);
+        ctx.stop();
+        Box::pin(async move {
+            if workers.is_empty() {
+                return;
+            }
+            let joined = actix_rt::task::spawn_blocking(move || {
+                for worker in workers {
+                    worker.stop();
+                    let _ = worker.join();
+                }
+            });
+            let _ = joined.await;
+        })
     }
 }

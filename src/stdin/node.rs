@@ -23,8 +23,8 @@ use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
 
 use actix::{
-    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, SpawnHandle, StreamHandler,
-    WrapFuture,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, SpawnHandle,
+    StreamHandler, WrapFuture,
 };
 use drainer_actors::drain::{Admit, GetSnapshot, Snapshot};
 use drainer_actors::{
@@ -517,6 +517,14 @@ impl StdinNode {
 
 impl Actor for StdinNode {
     type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        drainer_actors::census::actor_started();
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        drainer_actors::census::actor_stopped();
+    }
 }
 
 impl StreamHandler<Input> for StdinNode {
@@ -560,9 +568,10 @@ impl Handler<CloseListener> for StdinNode {
 impl Handler<StopTransport> for StdinNode {
     type Result = ();
 
-    /// Makes sure every reply is out before the process exits.
-    fn handle(&mut self, _: StopTransport, _: &mut Context<Self>) {
+    /// Makes sure every reply is out before the process exits; then stops.
+    fn handle(&mut self, _: StopTransport, ctx: &mut Context<Self>) {
         self.flush();
+        ctx.stop();
     }
 }
 

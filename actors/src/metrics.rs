@@ -1,0 +1,235 @@
+//! The metrics: one Prometheus registry per process, every family exported
+//! from start-up with each label value at 0.
+//!
+//! The values are written where the events happen — the DrainCoordinator sets
+//! the in-flight gauge and the drain state as it changes them, the lifecycle
+//! runner times the shutdown phases, the HTTP layer counts request outcomes —
+//! and read only by the `/metrics` endpoint ([`Metrics::render`]). The gauges
+//! are published copies, like the coordinator's phase: nothing decides from
+//! them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Every value of `drainer_requests_total{outcome}`.
+pub const OUTCOMES: [&str; 8] = [
+    "created",
+    "rejected",
+    "drain_timeout",
+    "shutdown_forced",
+    "request_timeout",
+    "cancelled",
+    "overloaded",
+    "error",
+];
+
+/// `drainer_drain_state`: 0 active, 1 draining, 2 stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainStateValue {
+    /// Serving.
+    Active = 0,
+    /// A drain is under way.
+    Draining = 1,
+    /// The drain is over.
+    Stopped = 2,
+}
+
+struct Families {
+    registry: Registry,
+    in_flight: IntGauge,
+    requests: IntCounterVec,
+    drain_state: IntGauge,
+    phase_duration: GaugeVec,
+    phase_started: IntCounterVec,
+    phase_failed: IntCounterVec,
+    force_close: IntCounter,
+    drain_duration: Gauge,
+}
+
+/// A handle on the registry; clones share it.
+#[derive(Clone)]
+pub struct Metrics(Arc<Families>);
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every family, each outcome and each of `phases`
+    /// present at 0.
+    pub fn new(phases: &[&str]) -> Metrics {
+        let registry = Registry::new();
+        let in_flight = IntGauge::new(
+            "drainer_requests_in_flight",
+            "Requests admitted and not yet answered.",
+        )
+        .expect("valid metric");
+        let requests = IntCounterVec::new(
+            Opts::new("drainer_requests_total", "POST /work requests by outcome."),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let drain_state = IntGauge::new(
+            "drainer_drain_state",
+            "The drain state: 0 active, 1 draining, 2 stopped.",
+        )
+        .expect("valid metric");
+        let phase_duration = GaugeVec::new(
+            Opts::new(
+                "shutdown_phase_duration_seconds",
+                "How long each shutdown phase took (the last shutdown).",
+            ),
+            &["phase"],
+        )
+        .expect("valid metric");
+        let phase_started = IntCounterVec::new(
+            Opts::new("shutdown_phase_started_total", "Shutdown phases begun."),
+            &["phase"],
+        )
+        .expect("valid metric");
+        let phase_failed = IntCounterVec::new(
+            Opts::new(
+                "shutdown_phase_failed_total",
+                "Shutdown phases that failed or overran their deadline.",
+            ),
+            &["phase"],
+        )
+        .expect("valid metric");
+        let force_close = IntCounter::new(
+            "drainer_force_close_total",
+            "Connections closed by force at the drain's hard limit.",
+        )
+        .expect("valid metric");
+        let drain_duration = Gauge::new(
+            "drainer_drain_duration_seconds",
+            "From the start of the drain to the end of its work (0 until a drain ends).",
+        )
+        .expect("valid metric");
+        for outcome in OUTCOMES {
+            requests.with_label_values(&[outcome]);
+        }
+        for phase in phases {
+            phase_duration.with_label_values(&[phase]);
+            phase_started.with_label_values(&[phase]);
+            phase_failed.with_label_values(&[phase]);
+        }
+        let families = Families {
+            registry,
+            in_flight,
+            requests,
+            drain_state,
+            phase_duration,
+            phase_started,
+            phase_failed,
+            force_close,
+            drain_duration,
+        };
+        let f = &families;
+        let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
+            Box::new(f.in_flight.clone()),
+            Box::new(f.requests.clone()),
+            Box::new(f.drain_state.clone()),
+            Box::new(f.phase_duration.clone()),
+            Box::new(f.phase_started.clone()),
+            Box::new(f.phase_failed.clone()),
+            Box::new(f.force_close.clone()),
+            Box::new(f.drain_duration.clone()),
+        ];
+        for c in collectors {
+            f.registry.register(c).expect("each family registered once");
+        }
+        Metrics(Arc::new(families))
+    }
+
+    /// The Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let encoder = prometheus::TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.0.registry.gather(), &mut out) {
+            log::warn!("metrics: cannot encode: {e}");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// The content type of [`Metrics::render`].
+    pub fn content_type(&self) -> &'static str {
+        prometheus::TEXT_FORMAT
+    }
+
+    /// One POST /work answered with `outcome` (one of [`OUTCOMES`]).
+    pub fn request(&self, outcome: &str) {
+        self.0.requests.with_label_values(&[outcome]).inc();
+    }
+
+    /// The coordinator's in-flight count changed.
+    pub fn set_in_flight(&self, n: usize) {
+        self.0.in_flight.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The coordinator's state changed.
+    pub fn set_drain_state(&self, state: DrainStateValue) {
+        self.0.drain_state.set(state as i64);
+    }
+
+    /// The drain's work ended after `took`.
+    pub fn set_drain_duration(&self, took: Duration) {
+        self.0.drain_duration.set(took.as_secs_f64());
+    }
+
+    /// `n` connections closed by force.
+    pub fn force_closed(&self, n: usize) {
+        self.0.force_close.inc_by(n as u64);
+    }
+
+    /// A shutdown phase began.
+    pub fn phase_started(&self, phase: &str) {
+        self.0.phase_started.with_label_values(&[phase]).inc();
+    }
+
+    /// A shutdown phase ended after `took`; `failed` if it failed or overran.
+    pub fn phase_ended(&self, phase: &str, took: Duration, failed: bool) {
+        self.0
+            .phase_duration
+            .with_label_values(&[phase])
+            .set(took.as_secs_f64());
+        if failed {
+            self.0.phase_failed.with_label_values(&[phase]).inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_and_label_is_exported_at_zero() {
+        let m = Metrics::new(&["drain", "close_database"]);
+        let text = m.render();
+        for line in [
+            "drainer_requests_in_flight 0",
+            "drainer_drain_state 0",
+            "drainer_force_close_total 0",
+            "drainer_drain_duration_seconds 0",
+            "shutdown_phase_duration_seconds{phase=\"drain\"} 0",
+            "shutdown_phase_started_total{phase=\"close_database\"} 0",
+            "shutdown_phase_failed_total{phase=\"drain\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        for outcome in OUTCOMES {
+            let line = format!("drainer_requests_total{{outcome=\"{outcome}\"}} 0");
+            assert!(text.lines().any(|l| l == line), "{line} missing");
+        }
+        m.request("created");
+        m.phase_ended("drain", Duration::from_millis(1500), true);
+        let text = m.render();
+        assert!(text.contains("drainer_requests_total{outcome=\"created\"} 1"));
+        assert!(text.contains("shutdown_phase_duration_seconds{phase=\"drain\"} 1.5"));
+        assert!(text.contains("shutdown_phase_failed_total{phase=\"drain\"} 1"));
+    }
+}

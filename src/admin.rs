@@ -1,0 +1,133 @@
+//! The admin listener (`ADMIN_PORT`): `/metrics` and `/admin/prestop`, on a
+//! port of its own so that only those who can reach it can take the instance
+//! out of service.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /metrics` | the Prometheus text format |
+//! | `POST /admin/prestop` | begins the drain; 200 `{"status":"draining"}` once the delay is over |
+//! | anything else | 404 / 405 with `{"error": …}` |
+//!
+//! Its connections are not work: the DrainCoordinator never sees them, so a
+//! scrape never holds up the drain. It stops in its own phase, `stop_admin`,
+//! after the API has drained (so the drain itself can be scraped): the accept
+//! loop ends and every admin connection is closed. Completion is tracked by
+//! ownership: the accept loop and each connection hold a receiver of the stop
+//! channel, and the phase ends when the last one is dropped.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix_service::{map_config, Service, ServiceFactory};
+use actix_web::dev::AppConfig;
+use actix_web::{web, App, HttpResponse};
+use drainer_actors::{census, phase, Core, Lifecycle, PreStop};
+use log::{error, info};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::http::error::ApiError;
+use crate::http::{method_not_allowed, not_found};
+
+/// How long an idle scrape connection stays open.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// Starts serving on `listener` and registers the `stop_admin` phase.
+pub fn start(listener: TcpListener, core: &Core, lifecycle: &mut Lifecycle, timeout: Duration) {
+    let (stop, stopped) = watch::channel(false);
+    census::spawn(accept_loop(listener, core.clone(), stopped));
+    lifecycle.register(phase::STOP_ADMIN, timeout, move |_| async move {
+        let _ = stop.send(true);
+        // Every receiver dropped: the accept loop and each connection are gone.
+        stop.closed().await;
+        info!("admin listener stopped");
+        Ok(())
+    });
+}
+
+/// Accepts until told to stop; serves each connection in a task of its own.
+async fn accept_loop(listener: TcpListener, core: Core, mut stop: watch::Receiver<bool>) {
+    let factory = actix_http::HttpService::build()
+        .keep_alive(KEEP_ALIVE)
+        .h1(map_config(app(core), |_| AppConfig::default()));
+    let service = match factory.new_service(()).await {
+        Ok(service) => Rc::new(service),
+        Err(()) => {
+            error!("the admin listener could not build its HTTP service");
+            return;
+        }
+    };
+    let connections = stop.clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    census::spawn(serve(service.clone(), stream, peer, connections.clone()));
+                }
+                Err(e) => {
+                    info!("admin accept failed: {e}");
+                    actix_rt::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Serves one connection until it closes or the listener stops.
+async fn serve<S>(
+    service: Rc<S>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: Service<(tokio::net::TcpStream, Option<SocketAddr>)>,
+{
+    let _ = stream.set_nodelay(true);
+    tokio::select! {
+        _ = service.call((stream, Some(peer))) => {}
+        _ = stop.wait_for(|s| *s) => {}
+    }
+}
+
+/// The admin routes.
+fn app(
+    core: Core,
+) -> App<
+    impl ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(web::Data::new(core))
+        .service(
+            web::resource("/metrics")
+                .route(web::get().to(metrics))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/admin/prestop")
+                .route(web::post().to(prestop))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .default_service(web::to(not_found))
+}
+
+/// `GET /metrics`.
+async fn metrics(core: web::Data<Core>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(core.metrics.content_type())
+        .body(core.metrics.render())
+}
+
+/// `POST /admin/prestop`: answered once the delay is over.
+async fn prestop(core: web::Data<Core>) -> Result<HttpResponse, ApiError> {
+    core.prestop.send(PreStop).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "draining" })))
+}

@@ -1,0 +1,75 @@
+//! Traces: where the shutdown trace goes, chosen by the standard `OTEL_*`
+//! environment variables.
+//!
+//! - `OTEL_TRACES_EXPORTER=none`: nothing is exported.
+//! - otherwise, when `OTEL_EXPORTER_OTLP_ENDPOINT` or
+//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set: OTLP over HTTP (protobuf),
+//!   configured by the exporter's own `OTEL_EXPORTER_OTLP_*` variables, in
+//!   batches from a thread of its own; `OTEL_SERVICE_NAME` defaults to
+//!   `drainer`.
+//! - otherwise nothing is exported.
+//!
+//! The spans themselves are made in the actors crate through the global
+//! tracer; with no provider installed they cost nothing.
+
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+
+/// The installed provider, if any.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Installs the exporter the environment asks for.
+    pub fn from_env() -> Result<Telemetry, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let exporter = var("OTEL_TRACES_EXPORTER").unwrap_or_else(|| "otlp".into());
+        let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        match (exporter.as_str(), endpoint) {
+            ("none", _) | (_, None) => return Ok(Telemetry { provider: None }),
+            ("otlp", Some(_)) => {}
+            (other, Some(_)) => {
+                return Err(format!(
+                    "OTEL_TRACES_EXPORTER={other} is not supported (otlp or none)"
+                ))
+            }
+        }
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+            .map_err(|e| format!("cannot build the OTLP exporter: {e}"))?;
+        let mut resource = Resource::builder();
+        if var("OTEL_SERVICE_NAME").is_none() {
+            resource = resource.with_service_name("drainer");
+        }
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build();
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        log::info!("traces: exported over OTLP");
+        Ok(Telemetry {
+            provider: Some(provider),
+        })
+    }
+
+    /// The `flush_telemetry` phase's work: export what has ended so far.
+    pub fn flusher(&self) -> Box<dyn FnOnce() -> Result<(), String> + Send> {
+        let provider = self.provider.clone();
+        Box::new(move || match provider {
+            Some(p) => p.force_flush().map_err(|e| e.to_string()),
+            None => Ok(()),
+        })
+    }
+
+    /// At exit: exports the rest (the root span and the last phase) and stops.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            if let Err(e) = provider.shutdown() {
+                log::warn!("traces: the final export failed: {e}");
+            }
+        }
+    }
+}
