@@ -424,6 +424,64 @@ mod tests {
         assert_eq!(*ran.borrow(), ["delay", "after"]);
     }
 
+    /// The SDK's in-memory exporter sees one trace: a root `shutdown`
+    /// span and a child per phase, in order, the failed one with its error.
+    #[tokio::test]
+    async fn each_run_emits_one_trace_with_a_span_per_phase() {
+        use opentelemetry::trace::{SpanId, Status};
+        use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        opentelemetry::global::set_tracer_provider(provider.clone());
+
+        let mut lc = Lifecycle::new();
+        lc.register("trace_close", Duration::from_secs(1), |_| async { Ok(()) });
+        lc.register("trace_fails", Duration::from_secs(1), |_| async {
+            Err("it broke".into())
+        });
+        lc.register("trace_first", Duration::from_secs(1), |_| async { Ok(()) });
+        let (_tx, rx) = control(exiting());
+        lc.run("SIGTERM", rx, None, None, |_| {}).await;
+        provider.force_flush().expect("flushed");
+
+        // Other tests may run shutdowns too: follow this run's trace.
+        let spans = exporter.get_finished_spans().expect("spans");
+        let first = spans
+            .iter()
+            .find(|s| s.name == "trace_first")
+            .expect("the first phase's span");
+        let trace = first.span_context.trace_id();
+        let ours: Vec<_> = spans
+            .iter()
+            .filter(|s| s.span_context.trace_id() == trace)
+            .collect();
+        let root = ours
+            .iter()
+            .find(|s| s.name == "shutdown")
+            .expect("a root span");
+        assert_eq!(root.parent_span_id, SpanId::INVALID);
+        assert!(root
+            .attributes
+            .iter()
+            .any(|kv| kv.key.as_str() == "shutdown.trigger" && kv.value.as_str() == "SIGTERM"));
+        let children: Vec<&str> = ours
+            .iter()
+            .filter(|s| s.parent_span_id == root.span_context.span_id())
+            .map(|s| s.name.as_ref())
+            .collect();
+        assert_eq!(children, ["trace_first", "trace_fails", "trace_close"]);
+        let failed = ours.iter().find(|s| s.name == "trace_fails").expect("span");
+        assert_eq!(failed.status, Status::error("failed (it broke)"));
+        assert!(failed
+            .attributes
+            .iter()
+            .any(|kv| kv.key.as_str() == "shutdown.phase.duration_ms"));
+        assert_eq!(ours.len(), 4);
+    }
+
     #[test]
     fn the_budget_check_names_the_setting_and_the_shortfall() {
         let mut lc = Lifecycle::new();

@@ -106,7 +106,15 @@ fn one_bad_job_does_not_fail_the_rest_of_its_batch() {
 #[test]
 fn a_full_queue_answers_503_overloaded_at_once() {
     let db = TestDb::create();
-    let mut server = Server::start(&db, &[("DB_POOL_SIZE", "1"), ("DB_QUEUE_BOUND", "2")]);
+    let mut server = Server::start(
+        &db,
+        &[
+            ("DB_POOL_SIZE", "1"),
+            ("DB_QUEUE_BOUND", "2"),
+            ("ADMIN_PORT", "0"),
+        ],
+    );
+    let admin = server.admin_port();
     slow_opener(&db, 1.0);
     let opener = post_work_async(server.port, r#"{"name":"opener"}"#);
     wait_for_opener_write(&db);
@@ -141,6 +149,12 @@ fn a_full_queue_answers_503_overloaded_at_once() {
     }
     assert_eq!(opener.join().unwrap().expect("answered").status, 201);
     assert_eq!(db.count("SELECT count(*)::text FROM jobs"), 3);
+    // Counted in the metrics.
+    let metrics = get(admin, "/metrics").body;
+    for (outcome, n) in [("overloaded", 8), ("created", 3)] {
+        let line = format!("drainer_requests_total{{outcome=\"{outcome}\"}} {n}");
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 }
 
 #[test]

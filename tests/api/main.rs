@@ -4,6 +4,7 @@
 mod batching;
 mod contract;
 mod lifecycle;
+mod operations;
 mod shutdown;
 mod startup;
 mod stdin;

@@ -297,6 +297,17 @@ impl Server {
         }
     }
 
+    /// The admin listener's port (started with `ADMIN_PORT`).
+    pub fn admin_port(&mut self) -> u16 {
+        let line = self.wait_for_log("admin listener on ");
+        line.split("admin listener on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|addr| addr.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no admin port in {line:?}"))
+    }
+
     /// Waits until the coordinator has admitted `n` requests in total.
     pub fn wait_admitted(&mut self, n: usize) {
         self.wait_for_log(&format!("admitted request {n};"));
