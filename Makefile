@@ -20,8 +20,10 @@ help: ## list the targets
 	@echo "usage: make <target>"
 	@awk -F ":.*## " '/^[a-z]+:.*## /{ printf "  %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-run: ## run the server (release build); extra server args via ARGS="..."
-	scripts/with-postgres.sh $(CARGO) run --release --bin drainer $(if $(strip $(ARGS)),-- $(ARGS))
+run: ## run the server (release build), admin listener on a free port; extra server args via ARGS="..."
+	@admin=$${ADMIN_PORT:-$$(scripts/free-port.sh)}; \
+	echo "make run: admin listener (metrics, prestop) on http://127.0.0.1:$$admin (ADMIN_PORT=$$admin)"; \
+	ADMIN_PORT=$$admin scripts/with-postgres.sh $(CARGO) run --release --bin drainer $(if $(strip $(ARGS)),-- $(ARGS))
 
 test: ## fmt check, clippy, then all tests against one throwaway PostgreSQL
 	$(CARGO) fmt --all -- --check

@@ -3,11 +3,15 @@
 //! # Map
 //!
 //! - [`supervisor`] — the **Supervisor**. Starts the DrainCoordinator and (when
-//!   there is a database) the DbActor once, owns the shutdown triggers (signals,
-//!   or any other stream of [`ShutdownSignal`]s, plus a transport's own
-//!   [`TransportDrain`] / [`TransportEnded`]), sequences the shutdown — drain,
-//!   close the listener, write the final records, close the pool — and stops
-//!   the System with the exit code.
+//!   there is a database) the DbActor and the Heartbeat once, registers their
+//!   stop phases, owns the shutdown triggers (signals, or any other stream of
+//!   [`ShutdownSignal`]s, a [`PreStop`], a transport's own [`TransportDrain`] /
+//!   [`TransportEnded`]), runs the phases — delay, stop accepting, drain, stop
+//!   the admin listener, stop the heartbeat, flush telemetry, write the final
+//!   records and close the pool — logs the report and stops the System with
+//!   the exit code.
+//! - [`lifecycle`] — the registry of named stop phases, run last-registered
+//!   first under one budget, each with its deadline; traces each shutdown.
 //! - [`drain`] — the **DrainCoordinator**. The only holder of the drain state
 //!   (`Active`, `Draining`, `Stopped`), of the in-flight count and of the set
 //!   of open connections. Hands out [`Permit`]s and [`ConnGuard`]s; decides the
@@ -18,8 +22,14 @@
 //!   deadline-ordered queue instead, so its replies leave in deadline order.)
 //! - [`db`] — the **DbActor**. Owns the PostgreSQL pool: schema, instance
 //!   registration, jobs, drain records; closes the pool last.
+//! - [`heartbeat`] — the **Heartbeat**: stamps the instance's `last_seen_at`
+//!   every `HEARTBEAT_MS`; stops between two beats.
 //! - [`signals`] — turns SIGTERM / SIGINT / SIGQUIT into a stream of
 //!   [`ShutdownSignal`]s, installed before anything else happens.
+//! - [`metrics`] — the Prometheus registry; values are written where the
+//!   events happen and read only by `/metrics`.
+//! - [`census`] — counts actors not stopped and tasks not finished: the leak
+//!   check at exit.
 //!
 //! # Messages
 //!
@@ -29,8 +39,10 @@
 //!                               │   └────────────── DrainReport (WorkDone, Quiet) ──────────────────────┘  │
 //!                               │                                                                          │
 //!                               ├──CloseListener / StopTransport──▶ transport (HTTP or stdin)            │
+//!                               ├──StopActor──▶ Heartbeat ──Beat──▶ DbActor                               │
 //!                               └──RecordDrainBegin / RecordDrainComplete / ClosePool──▶ DbActor          │
 //!  transport ──TransportDrain / TransportEnded──▶ Supervisor                                              │
+//!  admin listener ──PreStop──▶ Supervisor                                                                 │
 //!  transport ──Admit──▶ DrainCoordinator ──Permit──▶ RequestActor ──InsertJob──▶ DbActor                  │
 //!  Permit::drop ──RequestFinished──────────────────────────────────────────────────────────────────────────┤
 //!  ConnGuard::register / drop ──ConnectionOpened / ConnectionClosed────────────────────────────────────────┘
@@ -49,7 +61,8 @@
 //! 4. The drain ends when the count reaches zero (an event, not a poll) or at the
 //!    deadline (a timer); the process exits only once the connections that
 //!    carried the answers have closed, so no answer is lost in a buffer.
-//! 5. The database pool is closed after the drain, never before.
+//! 5. The database pool is closed after the drain and after every phase that
+//!    uses it (the heartbeat stops first), never before.
 //! 6. The exit code comes from [`Outcome::exit_code`] — except that the end of
 //!    a transport's input always exits 0 (its replies already said what was
 //!    cut short). A cut with nothing in flight is a completed drain.
