@@ -5,7 +5,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /metrics` | the Prometheus text format |
-//! | `POST /admin/prestop` | begins the drain; 200 `{"status":"draining"}` once the delay is over |
+//! | `POST /admin/prestop` (or `GET`, which Kubernetes' `preStop.httpGet` sends) | begins the drain; 200 `{"status":"draining"}` once the delay is over |
 //! | anything else | 404 / 405 with `{"error": …}` |
 //!
 //! Its connections are not work: the DrainCoordinator never sees them, so a
@@ -114,6 +114,7 @@ fn app(
         .service(
             web::resource("/admin/prestop")
                 .route(web::post().to(prestop))
+                .route(web::get().to(prestop))
                 .default_service(web::to(method_not_allowed)),
         )
         .default_service(web::to(not_found))
@@ -126,7 +127,7 @@ async fn metrics(core: web::Data<Core>) -> HttpResponse {
         .body(core.metrics.render())
 }
 
-/// `POST /admin/prestop`: answered once the delay is over.
+/// `POST` (or `GET`) `/admin/prestop`: answered once the delay is over.
 async fn prestop(core: web::Data<Core>) -> Result<HttpResponse, ApiError> {
     core.prestop.send(PreStop).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "draining" })))

@@ -136,10 +136,9 @@ fn start_stdin(
     signals: Signals,
     telemetry: &Telemetry,
 ) -> Result<Started, StartupError> {
+    // No budget check: in stdin mode the budget starts only when the input
+    // ends or a signal comes, and the phases after the drain are instant.
     let shutdown = config.shutdown(std::time::Duration::ZERO);
-    shutdown
-        .check_budget(false, false)
-        .map_err(|e| StartupError::Config(e.to_string()))?;
     let drain_timeout = config.drain_timeout();
     let components = Components {
         db: None,

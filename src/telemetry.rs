@@ -64,10 +64,12 @@ impl Telemetry {
         })
     }
 
-    /// At exit: exports the rest (the root span and the last phase) and stops.
+    /// At exit: exports the rest (the root span and the last phase) and
+    /// stops, within the exit's share of the shutdown budget.
     pub fn shutdown(self) {
         if let Some(provider) = self.provider {
-            if let Err(e) = provider.shutdown() {
+            let allowance = drainer_actors::lifecycle::EXIT_ALLOWANCE / 2;
+            if let Err(e) = provider.shutdown_with_timeout(allowance) {
                 log::warn!("traces: the final export failed: {e}");
             }
         }

@@ -182,6 +182,7 @@ pub struct Admit {
 pub struct RequestFinished {
     id: RequestId,
     cancelled: bool,
+    answered: bool,
 }
 
 /// Sent by [`ConnGuard::register`]: a connection was accepted.
@@ -243,7 +244,8 @@ pub struct Snapshot {
     pub in_flight: usize,
     /// Connections open.
     pub connections: usize,
-    /// Requests that finished with their real answer since the drain began.
+    /// Requests that finished with their real result since the drain began
+    /// (see [`Permit::mark_answered`]).
     pub completed_in_drain: usize,
     /// How the drain ended, once it has.
     pub outcome: Option<Outcome>,
@@ -262,6 +264,8 @@ pub struct Permit {
     finished: Recipient<RequestFinished>,
     /// Set when the work honoured a cancellation instead of finishing.
     cancelled: bool,
+    /// Set when the work's real result was given (counted in the report).
+    answered: bool,
 }
 
 impl Permit {
@@ -278,6 +282,12 @@ impl Permit {
     pub fn mark_cancelled(&mut self) {
         self.cancelled = true;
     }
+
+    /// Records that the work produced its real result (a job written, a
+    /// reply sent): what the shutdown report counts as completed.
+    pub fn mark_answered(&mut self) {
+        self.answered = true;
+    }
 }
 
 impl fmt::Debug for Permit {
@@ -293,6 +303,7 @@ impl Drop for Permit {
         self.finished.do_send(RequestFinished {
             id: self.id,
             cancelled: self.cancelled,
+            answered: self.answered,
         });
     }
 }
@@ -733,6 +744,7 @@ impl Handler<Admit> for DrainCoordinator {
             cancel: cancel_rx,
             finished: ctx.address().recipient(),
             cancelled: false,
+            answered: false,
         })
     }
 }
@@ -752,7 +764,7 @@ impl Handler<RequestFinished> for DrainCoordinator {
             if let DrainState::Draining(Drain { cut: Some(cut), .. }) = &mut self.state {
                 cut.cancelled += 1;
             }
-        } else if !matches!(self.state, DrainState::Active) {
+        } else if msg.answered && !matches!(self.state, DrainState::Active) {
             self.completed_in_drain += 1;
         }
         self.publish_in_flight();

@@ -37,6 +37,10 @@ use crate::metrics::Metrics;
 /// exit always happen inside the budget.
 pub const RESERVE: Duration = Duration::from_millis(1000);
 
+/// Of the reserve, what the exit itself keeps (stopping the actors, the
+/// final trace export): the last phase gets the rest.
+pub const EXIT_ALLOWANCE: Duration = Duration::from_millis(500);
+
 /// Tells an actor the process is exiting: stop now.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -175,6 +179,14 @@ impl Lifecycle {
         });
     }
 
+    /// Changes a registered phase's own deadline (the drain's, once a
+    /// trigger has said how long the drain may take).
+    pub fn set_timeout(&mut self, name: &str, timeout: Duration) {
+        for phase in self.phases.iter_mut().filter(|p| p.name == name) {
+            phase.timeout = timeout;
+        }
+    }
+
     /// Test-only: makes phase `name` hang after its work until it is cut at
     /// its deadline, to show the phases after it still run.
     pub fn stall(&mut self, name: Option<String>) {
@@ -299,18 +311,19 @@ impl Lifecycle {
 }
 
 /// The time a phase gets: its own deadline, within what is left of the budget
-/// (less the reserve, except for the last phase, which runs in it).
+/// less the reserve. The last phase runs in the reserve, less what the exit
+/// keeps — and gets that much even when a prestop held the shutdown past its
+/// budget, so the records are written and the pool closed whatever happened.
 fn allowed(own: Duration, budget_end: Option<Instant>, last: bool) -> Duration {
     let Some(end) = budget_end else {
         return own;
     };
     let left = end.saturating_duration_since(Instant::now());
-    let left = if last {
-        left
+    if last {
+        own.min(left.max(RESERVE) - EXIT_ALLOWANCE)
     } else {
-        left.saturating_sub(RESERVE)
-    };
-    own.min(left)
+        own.min(left.saturating_sub(RESERVE))
+    }
 }
 
 #[cfg(test)]
@@ -391,9 +404,10 @@ mod tests {
             forced: false,
         });
         lc.run("test", rx, None, None, |_| {}).await;
+        // The last phase runs in the reserve, less the exit's allowance.
         assert_eq!(
             *seen.borrow(),
-            [Duration::from_secs(2), Duration::from_secs(3)]
+            [Duration::from_secs(2), Duration::from_millis(2500)]
         );
     }
 

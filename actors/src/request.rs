@@ -180,6 +180,7 @@ impl Handler<Process> for RequestActor {
                     write.await??
                 }
             };
+            permit.mark_answered();
             drop(permit);
             Ok(job)
         };

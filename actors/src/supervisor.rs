@@ -112,14 +112,19 @@ impl ShutdownSettings {
         MIN_LINGER.max(self.idle_grace)
     }
 
+    /// The drain phase's own deadline for a drain of `drain_timeout`: the
+    /// deadline, then the linger for cancelled work, then the linger for
+    /// connections.
+    fn drain_phase(&self, drain_timeout: Duration) -> Duration {
+        drain_timeout + 2 * self.linger()
+    }
+
     /// Each phase's own deadline. `admin` says whether prestop exists.
     fn timeout(&self, name: &str, admin: bool) -> Duration {
         match name {
             phase::DELAY if admin => self.shutdown_delay.max(self.prestop_delay),
             phase::DELAY => self.shutdown_delay,
-            // The drain deadline, then the linger for cancelled work, then
-            // the linger for connections.
-            phase::DRAIN => self.drain_timeout + 2 * self.linger(),
+            phase::DRAIN => self.drain_phase(self.drain_timeout),
             _ => self.phase_timeout,
         }
     }
@@ -324,8 +329,8 @@ pub struct Components {
 /// The longest the `drain_begin` record may take.
 const BEGIN_RECORD_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long each actor gets to stop at the exit.
-const STOP_ACTOR_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long each actor gets to stop at the exit (they stop at once).
+const STOP_ACTOR_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Sets a milestone when dropped: whether its phase finished, failed or was
 /// cut at its deadline, whoever waits on the milestone is answered.
@@ -383,21 +388,25 @@ impl Supervisor {
 
             // In order of start: the database first, so it closes last.
             if let Some(db) = core.db.clone() {
-                let journal = journal.clone();
+                let (journal, coordinator) = (journal.clone(), core.coordinator.clone());
                 lifecycle.register(
                     phase::CLOSE_DATABASE,
                     timeout(phase::CLOSE_DATABASE),
-                    |ctx| close_database(db, journal, ctx),
+                    |ctx| close_database(db, coordinator, journal, ctx),
                 );
             }
             lifecycle.register(
                 phase::FLUSH_TELEMETRY,
                 timeout(phase::FLUSH_TELEMETRY),
                 |_| async move {
-                    match actix_rt::task::spawn_blocking(flush_telemetry).await {
-                        Ok(flushed) => flushed,
-                        Err(e) => Err(format!("the exporter failed: {e}")),
-                    }
+                    // On a thread of its own: an exporter that hangs is cut
+                    // at the deadline and cannot hold the exit.
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    std::thread::spawn(move || {
+                        let _ = tx.send(flush_telemetry());
+                    });
+                    rx.await
+                        .unwrap_or_else(|_| Err("the exporter panicked".to_string()))
                 },
             );
             let heartbeat = core
@@ -409,10 +418,13 @@ impl Supervisor {
                     phase::STOP_BACKGROUND,
                     timeout(phase::STOP_BACKGROUND),
                     |_| async move {
-                        heartbeat
-                            .send(StopActor)
-                            .await
-                            .map_err(|_| "the heartbeat had already stopped".to_string())
+                        // Sent from a task: cut at the deadline, the stop
+                        // still arrives (a dropped `send` is never handled).
+                        let stopped = census::spawn(heartbeat.send(StopActor));
+                        match stopped.await {
+                            Ok(Ok(())) => Ok(()),
+                            _ => Err("the heartbeat had already stopped".to_string()),
+                        }
                     },
                 );
             }
@@ -518,9 +530,11 @@ impl Supervisor {
             });
             journal.begin_record = begin_record;
         }
-        let Some(lifecycle) = self.lifecycle.take() else {
+        let Some(mut lifecycle) = self.lifecycle.take() else {
             return;
         };
+        // A protocol drain says how long the work may run.
+        lifecycle.set_timeout(phase::DRAIN, self.settings.drain_phase(drain_timeout));
         let control = self.control.subscribe();
         let metrics = self.metrics.clone();
         let journal = self.journal.clone();
@@ -554,20 +568,22 @@ impl Supervisor {
     }
 
     /// The phases are over: the report, then every actor stops, then the System.
+    /// (Spawned, not waited: the mailbox stays open for late messages.)
     fn finish(&mut self, ctx: &mut Context<Self>) {
         self.stage = Stage::Exiting;
-        let journal = self.journal.borrow();
         self.code = match self.exit {
             Some(ExitRule::Zero) => 0,
-            _ => journal.outcome.map_or(1, Outcome::exit_code),
+            _ => self.journal.borrow().outcome.map_or(1, Outcome::exit_code),
         };
-        info!("{}", journal.report_line(self.code));
-        drop(journal);
+        let code = self.code;
         let coordinator = self.coordinator.clone();
         let db = self.db.clone();
         let heartbeat = self.heartbeat.clone();
         let transport = self.transport.clone();
+        let journal = self.journal.clone();
         let stop_all = async move {
+            count_completed(&coordinator, &journal).await;
+            info!("{}", journal.borrow().report_line(code));
             let _ = tokio::time::timeout(STOP_ACTOR_TIMEOUT, transport.send(StopTransport)).await;
             stop_actor(coordinator).await;
             if let Some(db) = db {
@@ -577,7 +593,16 @@ impl Supervisor {
                 stop_actor(heartbeat).await;
             }
         };
-        ctx.wait(stop_all.into_actor(self).map(|(), _, ctx| ctx.stop()));
+        ctx.spawn(stop_all.into_actor(self).map(|(), _, ctx| ctx.stop()));
+    }
+}
+
+/// Reads how many requests were answered during the drain into the journal
+/// (however the drain phase ended).
+async fn count_completed(coordinator: &Addr<DrainCoordinator>, journal: &Rc<RefCell<Journal>>) {
+    let snapshot = tokio::time::timeout(STOP_ACTOR_TIMEOUT, coordinator.send(GetSnapshot));
+    if let Ok(Ok(snapshot)) = snapshot.await {
+        journal.borrow_mut().completed = snapshot.completed_in_drain;
     }
 }
 
@@ -695,12 +720,16 @@ async fn stop_accepting(
 ) -> Result<(), String> {
     coordinator.do_send(StopAdmitting { drain_timeout });
     milestones.send_modify(|m| m.admission_stopped = true);
-    let closed = close_listener.send(CloseListener).await;
-    coordinator.do_send(ListenerClosed { idle_grace });
-    match closed {
-        Ok(0) => info!("listener closed"),
-        Ok(n) => info!("listener closed; {n} queued connection(s) accepted to be answered"),
-        Err(_) => return Err("the transport is gone".into()),
+    // From a task: cut at the deadline, the listener still closes.
+    let closed = census::spawn(async move {
+        let closed = close_listener.send(CloseListener).await;
+        coordinator.do_send(ListenerClosed { idle_grace });
+        closed
+    });
+    match closed.await {
+        Ok(Ok(0)) => info!("listener closed"),
+        Ok(Ok(n)) => info!("listener closed; {n} queued connection(s) accepted to be answered"),
+        _ => return Err("the transport is gone".into()),
     }
     Ok(())
 }
@@ -713,9 +742,7 @@ async fn drain(
     journal: Rc<RefCell<Journal>>,
 ) -> Result<(), String> {
     let _ = progress.wait_for(|m| m.work_done && m.quiet).await;
-    if let Ok(snapshot) = coordinator.send(GetSnapshot).await {
-        journal.borrow_mut().completed = snapshot.completed_in_drain;
-    }
+    count_completed(&coordinator, &journal).await;
     let outcome = journal.borrow().outcome;
     match outcome {
         Some(Outcome::Drained) => Ok(()),
@@ -735,9 +762,11 @@ async fn drain(
 /// happened to the record.
 async fn close_database(
     db: Addr<DbActor>,
+    coordinator: Addr<DrainCoordinator>,
     journal: Rc<RefCell<Journal>>,
     ctx: PhaseCtx,
 ) -> Result<(), String> {
+    count_completed(&coordinator, &journal).await;
     let now = Instant::now();
     let records_until = now + ctx.deadline.saturating_duration_since(now) * 3 / 4;
     let (begin_record, complete) = {
@@ -755,19 +784,21 @@ async fn close_database(
         };
         (j.begin_record.take(), complete)
     };
-    let records = async {
+    let writer = db.clone();
+    let records = census::spawn(async move {
         if let Some(begin) = begin_record {
             let _ = begin.await;
         }
-        db.send(complete).await
-    };
+        writer.send(complete).await
+    });
     let written = tokio::time::timeout_at(records_until, records).await;
     info!("closing DB");
-    let _ = db.send(ClosePool).await;
+    // Not awaited: the pool closes even if this phase is cut right here.
+    db.do_send(ClosePool);
     match written {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(format!("drain_complete record skipped: {e}")),
-        Ok(Err(_)) => Err("drain_complete record skipped: the database actor is gone".into()),
+        Ok(Ok(Ok(Ok(())))) => Ok(()),
+        Ok(Ok(Ok(Err(e)))) => Err(format!("drain_complete record skipped: {e}")),
+        Ok(_) => Err("drain_complete record skipped: the database actor is gone".into()),
         Err(_) => Err("drain_complete record skipped: the database did not answer in time".into()),
     }
 }
@@ -801,7 +832,8 @@ impl StreamHandler<ShutdownSignal> for Supervisor {
             .plan
             .as_ref()
             .is_some_and(|p| p.trigger == "prestop");
-        let draining = self.exit.is_some() || (self.stage != Stage::Running && !prestop);
+        let exiting_before = self.exit.is_some();
+        let draining = exiting_before || (self.stage != Stage::Running && !prestop);
         self.request_exit(ExitRule::Outcome);
         let (delay, timeout) = (self.settings.shutdown_delay, self.settings.drain_timeout);
         match command_for(signal, draining) {
@@ -818,7 +850,12 @@ impl StreamHandler<ShutdownSignal> for Supervisor {
                 self.start(signal.to_string(), delay, timeout, None, ctx);
                 self.force();
             }
-            Command::Ignore => info!("{signal} received: a drain is already under way"),
+            Command::Ignore if exiting_before => {
+                info!("{signal} received: a drain is already under way")
+            }
+            Command::Ignore => {
+                info!("{signal} received: a drain is already under way; exiting once it is over")
+            }
         }
     }
 

@@ -479,7 +479,8 @@ impl StdinNode {
     /// before that line, however late the timer wakes up.
     fn complete_due(&mut self, now: Instant, ctx: &mut Context<Self>) {
         while self.pending.peek().is_some_and(|p| p.deadline <= now) {
-            if let Some(done) = self.pending.pop() {
+            if let Some(mut done) = self.pending.pop() {
+                done.permit.mark_answered();
                 let body = ReplyBody::TcpRequestOk {
                     duration_ms: done.latency_ms,
                 };

@@ -194,6 +194,19 @@ fn status_while_draining_then_drained_with_the_frozen_nominal_time() {
     assert_eq!(n.server.wait_exit(PATIENCE).0, 0);
 }
 
+/// The drain's deadline is the one `tcp_shutdown` asked for, even when it is
+/// longer than `DRAIN_TIMEOUT_MS`: the end of input waits for the work.
+#[test]
+fn a_protocol_drain_longer_than_the_configured_one_still_answers_everything() {
+    let mut n = node(&[("DRAIN_TIMEOUT_MS", "100")]);
+    n.send(&[request(2, 3000), shutdown(3, 10_000)]);
+    assert_eq!(kind(&n.recv_json()), ("tcp_shutdown_ok".into(), 3));
+    n.close_stdin();
+    let v = n.recv_json();
+    assert_eq!(kind(&v), ("tcp_request_ok".into(), 2), "{v}");
+    assert_eq!(n.server.wait_exit(PATIENCE).0, 0);
+}
+
 #[test]
 fn the_deadline_cancels_stragglers_and_status_says_timed_out() {
     let mut n = node(&[]);
