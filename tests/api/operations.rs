@@ -203,6 +203,47 @@ fn prestop_drains_after_its_delay_and_sigterm_continues_without_a_second_delay()
     assert_eq!(db.count("SELECT count(*)::text FROM jobs"), 2);
 }
 
+/// A forced shutdown skips the waits that remain — here the prestop's
+/// delay — but still writes the records and closes the pool.
+#[test]
+fn sigquit_during_a_prestop_skips_the_delay_but_writes_the_records() {
+    let db = TestDb::create();
+    let mut server = Server::start(
+        &db,
+        &[
+            ("ADMIN_PORT", "0"),
+            ("SHUTDOWN_DELAY_MS", "10000"),
+            ("DRAIN_TIMEOUT_MS", "5000"),
+        ],
+    );
+    let admin = server.admin_port();
+    let prestop = thread::spawn(move || request(admin, "POST", "/admin/prestop", None, b""));
+    server.wait_for_log("serving for");
+    let signalled = Instant::now();
+    server.signal(libc::SIGQUIT);
+    let (code, exited) = server.wait_exit(PATIENCE);
+    assert!(
+        exited - signalled < Duration::from_millis(2000),
+        "the 10 s delay was skipped: {:?}",
+        exited - signalled
+    );
+    assert_eq!(code, 0, "a cut with nothing in flight is a completed drain");
+    let res = prestop.join().expect("prestop thread");
+    assert_eq!(
+        res.status, 200,
+        "the prestop is answered when its delay ends"
+    );
+    assert_eq!(
+        db.value("SELECT status FROM serverinstance"),
+        Some("stopped".into())
+    );
+    assert_eq!(
+        db.value("SELECT details->>'trigger' FROM drainevent WHERE event_type = 'drain_complete'"),
+        Some("prestop".into())
+    );
+    assert!(server.log().contains("closing DB"));
+}
+
 #[test]
 fn phases_run_in_lifo_order_and_a_stalled_phase_is_cut_at_its_deadline() {
     let db = TestDb::create();
