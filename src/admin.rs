@@ -5,7 +5,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /metrics` | the Prometheus text format |
-//! | `POST /admin/prestop` (or `GET`, which Kubernetes' `preStop.httpGet` sends) | begins the drain; 200 `{"status":"draining"}` once the delay is over |
+//! | `POST /admin/prestop` (or `GET` with `X-Drainer-Prestop: true`, for Kubernetes' `preStop.httpGet`) | begins the drain; 200 `{"status":"draining"}` once the delay is over |
 //! | anything else | 404 / 405 with `{"error": …}` |
 //!
 //! Its connections are not work: the DrainCoordinator never sees them, so a
@@ -114,7 +114,7 @@ fn app(
         .service(
             web::resource("/admin/prestop")
                 .route(web::post().to(prestop))
-                .route(web::get().to(prestop))
+                .route(web::get().to(prestop_get))
                 .default_service(web::to(method_not_allowed)),
         )
         .default_service(web::to(not_found))
@@ -127,7 +127,29 @@ async fn metrics(core: web::Data<Core>) -> HttpResponse {
         .body(core.metrics.render())
 }
 
-/// `POST` (or `GET`) `/admin/prestop`: answered once the delay is over.
+/// The header a `GET /admin/prestop` must carry: a stray GET (a crawler, a
+/// mistyped scrape path) must not take the instance out of service.
+pub const PRESTOP_HEADER: &str = "x-drainer-prestop";
+
+/// `GET /admin/prestop`, for Kubernetes' `preStop.httpGet` (which can only
+/// send GET, with headers): needs [`PRESTOP_HEADER`]` : true`.
+async fn prestop_get(
+    req: actix_web::HttpRequest,
+    core: web::Data<Core>,
+) -> Result<HttpResponse, ApiError> {
+    let asked = req
+        .headers()
+        .get(PRESTOP_HEADER)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+    if !asked {
+        return Err(ApiError::Invalid(format!(
+            "GET /admin/prestop needs the header {PRESTOP_HEADER}: true (or use POST)"
+        )));
+    }
+    prestop(core).await
+}
+
+/// `POST /admin/prestop`: answered once the delay is over.
 async fn prestop(core: web::Data<Core>) -> Result<HttpResponse, ApiError> {
     core.prestop.send(PreStop).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "draining" })))

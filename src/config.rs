@@ -147,7 +147,7 @@ impl Config {
             prestop_delay: Duration::from_millis(prestop),
             drain_timeout: self.drain_timeout(),
             idle_grace: self.idle_close_grace(),
-            budget: Duration::from_millis(self.shutdown_timeout_ms),
+            budget: Some(Duration::from_millis(self.shutdown_timeout_ms)),
             phase_timeout: Duration::from_millis(self.shutdown_phase_timeout_ms),
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             stalled_phase: self.test_stall_phase.clone(),

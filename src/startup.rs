@@ -136,9 +136,12 @@ fn start_stdin(
     signals: Signals,
     telemetry: &Telemetry,
 ) -> Result<Started, StartupError> {
-    // No budget check: in stdin mode the budget starts only when the input
-    // ends or a signal comes, and the phases after the drain are instant.
-    let shutdown = config.shutdown(std::time::Duration::ZERO);
+    // No budget: the drain deadline (DRAIN_TIMEOUT_MS or tcp_shutdown's)
+    // alone bounds the work, and the phases after the drain are instant.
+    let shutdown = drainer_actors::ShutdownSettings {
+        budget: None,
+        ..config.shutdown(std::time::Duration::ZERO)
+    };
     let drain_timeout = config.drain_timeout();
     let components = Components {
         db: None,

@@ -12,9 +12,42 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use tokio::sync::watch;
 
 static ACTORS: AtomicUsize = AtomicUsize::new(0);
 static TASKS: AtomicUsize = AtomicUsize::new(0);
+/// Ticks on every change, so [`settled`] waits for an event, not a poll.
+static CHANGED: OnceLock<watch::Sender<()>> = OnceLock::new();
+
+fn changed() -> &'static watch::Sender<()> {
+    CHANGED.get_or_init(|| watch::channel(()).0)
+}
+
+fn add(count: &AtomicUsize) {
+    count.fetch_add(1, Ordering::SeqCst);
+    changed().send_replace(());
+}
+
+fn remove(count: &AtomicUsize) {
+    count.fetch_sub(1, Ordering::SeqCst);
+    changed().send_replace(());
+}
+
+/// Resolves once at most `actors` actors and `tasks` tasks are alive.
+pub async fn settled(actors: usize, tasks: usize) {
+    let mut ticks = changed().subscribe();
+    loop {
+        let now = alive();
+        if now.actors <= actors && now.tasks <= tasks {
+            return;
+        }
+        if ticks.changed().await.is_err() {
+            return;
+        }
+    }
+}
 
 /// What is alive right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,12 +78,12 @@ pub fn alive() -> Alive {
 
 /// Call from an actor's `started`.
 pub fn actor_started() {
-    ACTORS.fetch_add(1, Ordering::SeqCst);
+    add(&ACTORS);
 }
 
 /// Call from an actor's `stopped`.
 pub fn actor_stopped() {
-    ACTORS.fetch_sub(1, Ordering::SeqCst);
+    remove(&ACTORS);
 }
 
 /// `actix_rt::spawn`, counted until the future completes.
@@ -58,10 +91,10 @@ pub fn spawn<F>(task: F) -> actix_rt::task::JoinHandle<F::Output>
 where
     F: Future + 'static,
 {
-    TASKS.fetch_add(1, Ordering::SeqCst);
+    add(&TASKS);
     actix_rt::spawn(async move {
         let out = task.await;
-        TASKS.fetch_sub(1, Ordering::SeqCst);
+        remove(&TASKS);
         out
     })
 }

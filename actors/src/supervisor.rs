@@ -96,8 +96,9 @@ pub struct ShutdownSettings {
     pub drain_timeout: Duration,
     /// How long connections may stay open, idle, after the listener closed.
     pub idle_grace: Duration,
-    /// The whole shutdown's budget (`SHUTDOWN_TIMEOUT_MS`).
-    pub budget: Duration,
+    /// The whole shutdown's budget (`SHUTDOWN_TIMEOUT_MS`); `None` in stdin
+    /// mode, where the drain deadline alone bounds the work.
+    pub budget: Option<Duration>,
     /// The own deadline of every phase but the delay and the drain.
     pub phase_timeout: Duration,
     /// How often the heartbeat stamps `last_seen_at`.
@@ -146,11 +147,14 @@ impl ShutdownSettings {
 
     /// Refuses a budget that cannot hold the phases of [`ShutdownSettings::plan`].
     pub fn check_budget(&self, db: bool, admin: bool) -> Result<(), BudgetShort> {
+        let Some(budget) = self.budget else {
+            return Ok(());
+        };
         let mut lifecycle = Lifecycle::new();
         for (name, timeout) in self.plan(db, admin) {
             lifecycle.register(name, timeout, |_| async { Ok(()) });
         }
-        lifecycle.check_budget(self.budget)
+        lifecycle.check_budget(budget)
     }
 }
 
@@ -329,8 +333,11 @@ pub struct Components {
 /// The longest the `drain_begin` record may take.
 const BEGIN_RECORD_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long each actor gets to stop at the exit (they stop at once).
+/// How long an actor may take to answer at the exit (they answer at once).
 const STOP_ACTOR_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// How long the exit waits for the actors and tasks to end by themselves.
+const SETTLE_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// Sets a milestone when dropped: whether its phase finished, failed or was
 /// cut at its deadline, whoever waits on the milestone is answered.
@@ -417,14 +424,14 @@ impl Supervisor {
                 lifecycle.register(
                     phase::STOP_BACKGROUND,
                     timeout(phase::STOP_BACKGROUND),
-                    |_| async move {
-                        // Sent from a task: cut at the deadline, the stop
-                        // still arrives (a dropped `send` is never handled).
-                        let stopped = census::spawn(heartbeat.send(StopActor));
-                        match stopped.await {
-                            Ok(Ok(())) => Ok(()),
-                            _ => Err("the heartbeat had already stopped".to_string()),
-                        }
+                    |ctx| async move {
+                        // `do_send`: delivered however this phase ends (a
+                        // dropped `send` is never handled). Then wait until
+                        // the beat in progress, if any, is over.
+                        heartbeat.do_send(StopActor);
+                        let stopped = heartbeat.send(StopActor);
+                        let _ = tokio::time::timeout_at(ctx.deadline, stopped).await;
+                        Ok(())
                     },
                 );
             }
@@ -555,7 +562,9 @@ impl Supervisor {
         let budget = self.settings.budget;
         self.control.send_modify(|c| {
             c.exit = true;
-            c.budget_end.get_or_insert(Instant::now() + budget);
+            if let Some(budget) = budget {
+                c.budget_end.get_or_insert(Instant::now() + budget);
+            }
         });
     }
 
@@ -584,14 +593,18 @@ impl Supervisor {
         let stop_all = async move {
             count_completed(&coordinator, &journal).await;
             info!("{}", journal.borrow().report_line(code));
-            let _ = tokio::time::timeout(STOP_ACTOR_TIMEOUT, transport.send(StopTransport)).await;
-            stop_actor(coordinator).await;
+            // `do_send`: every stop is delivered, however long an actor takes.
+            transport.do_send(StopTransport);
+            coordinator.do_send(StopActor);
             if let Some(db) = db {
-                stop_actor(db).await;
+                db.do_send(StopActor);
             }
-            if let Some(heartbeat) = heartbeat.filter(Addr::connected) {
-                stop_actor(heartbeat).await;
+            if let Some(heartbeat) = heartbeat {
+                heartbeat.do_send(StopActor);
             }
+            // Every actor but this one, and every task, ends by itself now:
+            // wait for that (an event), within the exit's allowance.
+            let _ = tokio::time::timeout(SETTLE_TIMEOUT, census::settled(1, 0)).await;
         };
         ctx.spawn(stop_all.into_actor(self).map(|(), _, ctx| ctx.stop()));
     }
@@ -604,14 +617,6 @@ async fn count_completed(coordinator: &Addr<DrainCoordinator>, journal: &Rc<RefC
     if let Ok(Ok(snapshot)) = snapshot.await {
         journal.borrow_mut().completed = snapshot.completed_in_drain;
     }
-}
-
-/// Asks an actor to stop and waits (a little) until it has.
-async fn stop_actor<A>(actor: Addr<A>)
-where
-    A: Actor<Context = Context<A>> + Handler<StopActor>,
-{
-    let _ = tokio::time::timeout(STOP_ACTOR_TIMEOUT, actor.send(StopActor)).await;
 }
 
 impl Journal {
@@ -766,9 +771,9 @@ async fn close_database(
     journal: Rc<RefCell<Journal>>,
     ctx: PhaseCtx,
 ) -> Result<(), String> {
-    count_completed(&coordinator, &journal).await;
     let now = Instant::now();
     let records_until = now + ctx.deadline.saturating_duration_since(now) * 3 / 4;
+    count_completed(&coordinator, &journal).await;
     let (begin_record, complete) = {
         let mut j = journal.borrow_mut();
         let code = j.outcome.map_or(1, Outcome::exit_code);
@@ -785,21 +790,25 @@ async fn close_database(
         (j.begin_record.take(), complete)
     };
     let writer = db.clone();
-    let records = census::spawn(async move {
+    // A task, so cutting this phase cannot cancel the write; bounded, so it
+    // never outlives the phase.
+    let records = census::spawn(tokio::time::timeout_at(records_until, async move {
         if let Some(begin) = begin_record {
             let _ = begin.await;
         }
         writer.send(complete).await
-    });
-    let written = tokio::time::timeout_at(records_until, records).await;
+    }));
+    let written = records.await;
     info!("closing DB");
     // Not awaited: the pool closes even if this phase is cut right here.
     db.do_send(ClosePool);
     match written {
         Ok(Ok(Ok(Ok(())))) => Ok(()),
         Ok(Ok(Ok(Err(e)))) => Err(format!("drain_complete record skipped: {e}")),
-        Ok(_) => Err("drain_complete record skipped: the database actor is gone".into()),
-        Err(_) => Err("drain_complete record skipped: the database did not answer in time".into()),
+        Ok(Err(_)) => {
+            Err("drain_complete record skipped: the database did not answer in time".into())
+        }
+        _ => Err("drain_complete record skipped: the database actor is gone".into()),
     }
 }
 
@@ -899,10 +908,11 @@ impl Handler<PreStop> for Supervisor {
                 "prestop received: draining; serving for {} ms before answering",
                 self.settings.prestop_delay.as_millis()
             );
-            let budget = self.settings.budget;
-            self.control.send_modify(|c| {
-                c.budget_end.get_or_insert(Instant::now() + budget);
-            });
+            if let Some(budget) = self.settings.budget {
+                self.control.send_modify(|c| {
+                    c.budget_end.get_or_insert(Instant::now() + budget);
+                });
+            }
             let (delay, timeout) = (self.settings.prestop_delay, self.settings.drain_timeout);
             self.start("prestop".into(), delay, timeout, Some(phase::DELAY), ctx);
         } else {
@@ -984,7 +994,7 @@ mod tests {
             prestop_delay: Duration::from_millis(300),
             drain_timeout: Duration::from_secs(30),
             idle_grace: Duration::from_millis(100),
-            budget: Duration::from_secs(45),
+            budget: Some(Duration::from_secs(45)),
             phase_timeout: Duration::from_millis(1500),
             heartbeat: Duration::from_secs(5),
             stalled_phase: None,
@@ -1162,7 +1172,7 @@ mod tests {
         order.reverse();
         assert_eq!(plan, order);
         let tight = ShutdownSettings {
-            budget: Duration::from_secs(30),
+            budget: Some(Duration::from_secs(30)),
             ..s
         };
         let short = tight.check_budget(true, true).expect_err("too small");

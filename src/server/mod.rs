@@ -268,23 +268,15 @@ impl Handler<CloseListener> for HttpTransport {
 }
 
 impl Handler<StopTransport> for HttpTransport {
-    type Result = ResponseFuture<()>;
+    type Result = ();
 
-    /// Stops the worker threads and waits for them to end; then this actor stops.
-    fn handle(&mut self, _: StopTransport, ctx: &mut Context<Self>) -> Self::Result {
-        let workers = std::mem::take(&mut self.workers);
+    /// Stops the worker threads (their connections are closed by now); then
+    /// this actor stops. Nothing waits for the threads to end: the exit is
+    /// bounded by the budget, not by a join.
+    fn handle(&mut self, _: StopTransport, ctx: &mut Context<Self>) {
+        for worker in self.workers.drain(..) {
+            worker.stop();
+        }
         ctx.stop();
-        Box::pin(async move {
-            if workers.is_empty() {
-                return;
-            }
-            let joined = actix_rt::task::spawn_blocking(move || {
-                for worker in workers {
-                    worker.stop();
-                    let _ = worker.join();
-                }
-            });
-            let _ = joined.await;
-        })
     }
 }

@@ -131,6 +131,16 @@ fn admin_endpoints_live_only_on_the_admin_port_and_every_family_starts_at_zero()
         (res.status, res.body.as_str()),
         (405, r#"{"error":"method not allowed"}"#)
     );
+    // A stray GET (no header) is refused and drains nothing.
+    let res = get(admin, "/admin/prestop");
+    assert_eq!(
+        (res.status, res.body.as_str()),
+        (
+            422,
+            r#"{"error":"GET /admin/prestop needs the header x-drainer-prestop: true (or use POST)"}"#
+        )
+    );
+    assert_eq!(get(server.port, "/readyz").status, 200, "still ready");
     assert_eq!(get(admin, "/nope").status, 404);
 
     server.signal(libc::SIGTERM);
@@ -171,9 +181,13 @@ fn prestop_drains_after_its_delay_and_sigterm_continues_without_a_second_delay()
     // Held until the signal: still serving after the delay.
     let res = post_work(server.port, r#"{"name":"after prestop"}"#);
     assert_eq!(res.status, 201, "{res:?}");
-    // Kubernetes' preStop.httpGet sends GET; a second prestop changes nothing.
+    // Kubernetes' preStop.httpGet sends GET, with the header; a second
+    // prestop changes nothing.
     let again = Instant::now();
-    let res = request(admin, "GET", "/admin/prestop", None, b"");
+    let mut hook = Client::connect(admin).expect("connect");
+    hook.send_with_headers("GET", "/admin/prestop", &[("X-Drainer-Prestop", "true")])
+        .expect("send");
+    let res = hook.read().expect("answered");
     assert_eq!(
         (res.status, res.body.as_str()),
         (200, r#"{"status":"draining"}"#)

@@ -207,6 +207,18 @@ fn a_protocol_drain_longer_than_the_configured_one_still_answers_everything() {
     assert_eq!(n.server.wait_exit(PATIENCE).0, 0);
 }
 
+/// Stdin mode has no shutdown budget: only the drain deadline bounds the work.
+#[test]
+fn the_shutdown_budget_does_not_apply_in_stdin_mode() {
+    let mut n = node(&[("SHUTDOWN_TIMEOUT_MS", "1000")]);
+    n.send(&[request(2, 1500)]);
+    n.server.wait_admitted(1);
+    n.close_stdin();
+    let v = n.recv_json();
+    assert_eq!(kind(&v), ("tcp_request_ok".into(), 2), "{v}");
+    assert_eq!(n.server.wait_exit(PATIENCE).0, 0);
+}
+
 #[test]
 fn the_deadline_cancels_stragglers_and_status_says_timed_out() {
     let mut n = node(&[]);

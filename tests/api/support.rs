@@ -433,12 +433,36 @@ impl Client {
         content_type: Option<&str>,
         body: &[u8],
     ) -> io::Result<()> {
+        let headers: &[(&str, &str)] = match content_type {
+            Some(ct) => &[("Content-Type", ct)],
+            None => &[],
+        };
+        self.send_full(method, path, headers, body)
+    }
+
+    /// A request without a body, with extra headers.
+    pub fn send_with_headers(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> io::Result<()> {
+        self.send_full(method, path, headers, b"")
+    }
+
+    fn send_full(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> io::Result<()> {
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
             body.len()
         );
-        if let Some(ct) = content_type {
-            head.push_str(&format!("Content-Type: {ct}\r\n"));
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
         }
         head.push_str("\r\n");
         let stream = self.stream.get_mut();
