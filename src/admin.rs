@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use actix_service::{map_config, Service, ServiceFactory};
 use actix_web::dev::AppConfig;
+use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpResponse};
 use drainer_actors::{census, phase, Core, Lifecycle, PreStop};
 use log::{error, info};
@@ -33,11 +34,29 @@ use crate::http::{method_not_allowed, not_found};
 /// How long an idle scrape connection stays open.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
+/// Admin requests being answered (a prestop waits for its delay): the stop
+/// lets them finish before it closes their connections.
+#[derive(Clone)]
+struct Busy(watch::Sender<usize>);
+
+/// Held while one admin request is answered.
+struct Answering(watch::Sender<usize>);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
 /// Starts serving on `listener` and registers the `stop_admin` phase.
 pub fn start(listener: TcpListener, core: &Core, lifecycle: &mut Lifecycle, timeout: Duration) {
     let (stop, stopped) = watch::channel(false);
-    census::spawn(accept_loop(listener, core.clone(), stopped));
-    lifecycle.register(phase::STOP_ADMIN, timeout, move |_| async move {
+    let busy = Busy(watch::channel(0).0);
+    let mut answered = busy.0.subscribe();
+    census::spawn(accept_loop(listener, core.clone(), busy, stopped));
+    lifecycle.register(phase::STOP_ADMIN, timeout, move |ctx| async move {
+        // A request being answered (a prestop's 200) is written first.
+        let _ = tokio::time::timeout_at(ctx.deadline, answered.wait_for(|n| *n == 0)).await;
         let _ = stop.send(true);
         // Every receiver dropped: the accept loop and each connection are gone.
         stop.closed().await;
@@ -47,10 +66,15 @@ pub fn start(listener: TcpListener, core: &Core, lifecycle: &mut Lifecycle, time
 }
 
 /// Accepts until told to stop; serves each connection in a task of its own.
-async fn accept_loop(listener: TcpListener, core: Core, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    core: Core,
+    busy: Busy,
+    mut stop: watch::Receiver<bool>,
+) {
     let factory = actix_http::HttpService::build()
         .keep_alive(KEEP_ALIVE)
-        .h1(map_config(app(core), |_| AppConfig::default()));
+        .h1(map_config(app(core, busy), |_| AppConfig::default()));
     let service = match factory.new_service(()).await {
         Ok(service) => Rc::new(service),
         Err(()) => {
@@ -95,6 +119,7 @@ async fn serve<S>(
 /// The admin routes.
 fn app(
     core: Core,
+    busy: Busy,
 ) -> App<
     impl ServiceFactory<
         actix_web::dev::ServiceRequest,
@@ -106,6 +131,8 @@ fn app(
 > {
     App::new()
         .app_data(web::Data::new(core))
+        .app_data(web::Data::new(busy))
+        .wrap(from_fn(count_busy))
         .service(
             web::resource("/metrics")
                 .route(web::get().to(metrics))
@@ -118,6 +145,20 @@ fn app(
                 .default_service(web::to(method_not_allowed)),
         )
         .default_service(web::to(not_found))
+}
+
+/// Counts the request as being answered until its response is ready (the
+/// connection's task writes it in the same turn).
+async fn count_busy(
+    req: actix_web::dev::ServiceRequest,
+    next: Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let busy = req.app_data::<web::Data<Busy>>().map(|b| b.0.clone());
+    let _answering = busy.map(|busy| {
+        busy.send_modify(|n| *n += 1);
+        Answering(busy)
+    });
+    next.call(req).await
 }
 
 /// `GET /metrics`.

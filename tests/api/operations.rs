@@ -217,6 +217,28 @@ fn prestop_drains_after_its_delay_and_sigterm_continues_without_a_second_delay()
     assert_eq!(db.count("SELECT count(*)::text FROM jobs"), 2);
 }
 
+/// A SIGTERM during the prestop's wait continues the drain, and the prestop
+/// still gets its 200 before the admin listener stops.
+#[test]
+fn sigterm_during_the_prestop_wait_still_answers_the_prestop() {
+    let db = TestDb::create();
+    let mut server = Server::start(&db, &[("ADMIN_PORT", "0"), ("SHUTDOWN_DELAY_MS", "800")]);
+    let admin = server.admin_port();
+    let prestop = thread::spawn(move || request(admin, "POST", "/admin/prestop", None, b""));
+    server.wait_for_log("serving for");
+    server.signal(libc::SIGTERM);
+    let res = prestop.join().expect("prestop thread");
+    assert_eq!(
+        (res.status, res.body.as_str()),
+        (200, r#"{"status":"draining"}"#)
+    );
+    assert_eq!(server.wait_exit(PATIENCE).0, 0);
+    assert_eq!(
+        server.log().matches("shutdown phase delay: begun").count(),
+        1
+    );
+}
+
 /// A forced shutdown skips the waits that remain — here the prestop's
 /// delay — but still writes the records and closes the pool.
 #[test]
