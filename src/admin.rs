@@ -91,10 +91,7 @@ async fn accept_loop(
                 Ok((stream, peer)) => {
                     census::spawn(serve(service.clone(), stream, peer, connections.clone()));
                 }
-                Err(e) => {
-                    info!("admin accept failed: {e}");
-                    actix_rt::time::sleep(Duration::from_millis(100)).await;
-                }
+                Err(e) => crate::server::accept_error(e).await,
             },
         }
     }

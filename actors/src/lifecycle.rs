@@ -201,17 +201,17 @@ impl Lifecycle {
     /// The budget the phases need: every deadline but the last phase's (it
     /// runs in the reserve), plus the reserve.
     pub fn budget_needed(&self) -> Duration {
-        let before_last: Duration = self.phases.iter().skip(1).map(|p| p.timeout).sum();
-        before_last + RESERVE
+        budget_needed(&self.timeouts())
     }
 
     /// Refuses a budget that cannot hold the phases.
     pub fn check_budget(&self, budget: Duration) -> Result<(), BudgetShort> {
-        let needed = self.budget_needed();
-        if needed > budget {
-            return Err(BudgetShort { needed, budget });
-        }
-        Ok(())
+        check_budget(&self.timeouts(), budget)
+    }
+
+    /// The phases' own deadlines, in order of registration.
+    fn timeouts(&self) -> Vec<Duration> {
+        self.phases.iter().map(|p| p.timeout).collect()
     }
 
     /// Runs the phases, last registered first. The phases up to and including
@@ -308,6 +308,23 @@ impl Lifecycle {
         trace.span().end();
         records
     }
+}
+
+/// What phases with these own deadlines (in order of registration) need:
+/// every deadline but the first registered's — that phase runs last, in the
+/// reserve — plus the reserve.
+pub fn budget_needed(timeouts: &[Duration]) -> Duration {
+    timeouts.iter().skip(1).sum::<Duration>() + RESERVE
+}
+
+/// Refuses a budget that cannot hold phases with these own deadlines (in
+/// order of registration).
+pub fn check_budget(timeouts: &[Duration], budget: Duration) -> Result<(), BudgetShort> {
+    let needed = budget_needed(timeouts);
+    if needed > budget {
+        return Err(BudgetShort { needed, budget });
+    }
+    Ok(())
 }
 
 /// The time a phase gets: its own deadline, within what is left of the budget

@@ -150,11 +150,8 @@ impl ShutdownSettings {
         let Some(budget) = self.budget else {
             return Ok(());
         };
-        let mut lifecycle = Lifecycle::new();
-        for (name, timeout) in self.plan(db, admin) {
-            lifecycle.register(name, timeout, |_| async { Ok(()) });
-        }
-        lifecycle.check_budget(budget)
+        let timeouts: Vec<Duration> = self.plan(db, admin).into_iter().map(|(_, t)| t).collect();
+        crate::lifecycle::check_budget(&timeouts, budget)
     }
 }
 
@@ -439,12 +436,12 @@ impl Supervisor {
             let transport = build(&core, &mut lifecycle);
             let admin = lifecycle.stop_order().contains(&phase::STOP_ADMIN);
 
-            let (drain_phase, coordinator) = (core.coordinator.clone(), core.coordinator.clone());
+            let coordinator = core.coordinator.clone();
             let marks = milestones.clone();
             let progress = milestones.subscribe();
             let drain_journal = journal.clone();
             lifecycle.register(phase::DRAIN, timeout(phase::DRAIN), move |_| {
-                drain(drain_phase, progress, drain_journal)
+                drain(progress, drain_journal)
             });
             let close_listener = transport.close_listener.clone();
             let (accept_journal, linger) = (journal.clone(), settings.linger());
@@ -740,14 +737,13 @@ async fn stop_accepting(
 }
 
 /// The `drain` phase: the work's outcome and every connection closed. A
-/// drain cut short is a failed phase.
+/// drain cut short is a failed phase. (What was completed is read where it is
+/// used: the record, and the report.)
 async fn drain(
-    coordinator: Addr<DrainCoordinator>,
     mut progress: watch::Receiver<Milestones>,
     journal: Rc<RefCell<Journal>>,
 ) -> Result<(), String> {
     let _ = progress.wait_for(|m| m.work_done && m.quiet).await;
-    count_completed(&coordinator, &journal).await;
     let outcome = journal.borrow().outcome;
     match outcome {
         Some(Outcome::Drained) => Ok(()),

@@ -158,7 +158,7 @@ async fn accept_loop(
 
 /// A failed accept: the peer's problem is ignored; running out of file
 /// descriptors is logged and retried shortly.
-async fn accept_error(e: std::io::Error) {
+pub(crate) async fn accept_error(e: std::io::Error) {
     use std::io::ErrorKind::*;
     match e.kind() {
         ConnectionAborted | ConnectionReset | Interrupted | WouldBlock => {}
