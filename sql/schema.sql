@@ -1,16 +1,22 @@
--- drainer's schema. Applied at every start, under an advisory lock, so it is
--- idempotent and safe when several instances start against one database.
+-- drainer's schema, in steps. At every start drainer looks each step's object
+-- up in the catalog and runs only the steps whose object is missing, so an
+-- up-to-date database takes no lock at all (a reader holding a table never
+-- holds up a start). A step that must run does so under an advisory lock
+-- (instances starting at once take turns) and a lock_timeout of
+-- DB_CONNECT_TIMEOUT_MS: past it start-up stops with one line instead of
+-- waiting. Each step starts with a line `-- step: <kind> <object>`, kind being
+-- table, column (table.column) or index.
 -- ServerInstance and DrainEvent are unquoted on purpose: PostgreSQL stores
 -- them as serverinstance and drainevent.
 
-SET LOCAL client_min_messages = warning;
-
+-- step: table jobs
 CREATE TABLE IF NOT EXISTS jobs (
     id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     name       text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- step: table serverinstance
 CREATE TABLE IF NOT EXISTS ServerInstance (
     id               SERIAL PRIMARY KEY,
     host             TEXT NOT NULL,
@@ -19,9 +25,11 @@ CREATE TABLE IF NOT EXISTS ServerInstance (
     inflight_count   INT NOT NULL DEFAULT 0,
     drain_started_at TIMESTAMPTZ,
     drained_at       TIMESTAMPTZ,
+    last_seen_at     TIMESTAMPTZ,
     UNIQUE (host, port)
 );
 
+-- step: table drainevent
 CREATE TABLE IF NOT EXISTS DrainEvent (
     id          SERIAL PRIMARY KEY,
     instance_id INT REFERENCES ServerInstance(id),
@@ -30,7 +38,10 @@ CREATE TABLE IF NOT EXISTS DrainEvent (
     details     JSONB
 );
 
+-- step: index idx_drain_instance
 CREATE INDEX IF NOT EXISTS idx_drain_instance ON DrainEvent (instance_id, timestamp);
 
 -- The heartbeat (HEARTBEAT_MS): when the instance was last known alive.
+-- Databases made before it existed get the column here.
+-- step: column serverinstance.last_seen_at
 ALTER TABLE ServerInstance ADD COLUMN IF NOT EXISTS last_seen_at TIMESTAMPTZ;

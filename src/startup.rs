@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::Parser;
@@ -15,6 +16,10 @@ use log::info;
 use crate::config::Config;
 use crate::telemetry::Telemetry;
 use crate::{admin, server};
+
+/// How much longer than `REQUEST_TIMEOUT_MS` a statement may run before
+/// PostgreSQL ends it by itself.
+const STATEMENT_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
 
 /// Exit code of a start-up failure.
 pub const EXIT_STARTUP: i32 = 2;
@@ -171,6 +176,9 @@ async fn start(
         pool_size: usize::from(config.db_pool_size),
         batch_size: usize::from(config.db_batch_size),
         queue_bound: usize::try_from(config.db_queue_bound).unwrap_or(usize::MAX),
+        // Every write is cancelled by its request's deadline; the session's
+        // own timeout is the second line, for a statement nobody cancels.
+        statement_timeout: config.request_timeout() + STATEMENT_TIMEOUT_MARGIN,
     };
     settings
         .check()

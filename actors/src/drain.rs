@@ -37,6 +37,12 @@ use crate::metrics::{DrainStateValue, Metrics};
 // Values
 // ----------------------------------------------------------------------------
 
+/// After a cut and the linger, how long cancelled work that had passed its
+/// safe point still has to say how its cancel went — a database write is
+/// cancelled in PostgreSQL at the end of the linger, and its answer depends
+/// on whether the cancel is confirmed — before the coordinator gives up on it.
+pub const CANCEL_ALLOWANCE: Duration = Duration::from_millis(500);
+
 /// Identifies one admitted request inside the coordinator.
 pub type RequestId = u64;
 
@@ -266,9 +272,19 @@ pub struct Permit {
     cancelled: bool,
     /// Set when the work's real result was given (counted in the report).
     answered: bool,
+    /// Once cancelled, how long work past its safe point may still run.
+    grace: Duration,
 }
 
 impl Permit {
+    /// Once the request is cancelled, how long work already past its safe
+    /// point (a write begun) may still run before it must be stopped: the
+    /// coordinator's linger. The coordinator gives up on the work
+    /// [`CANCEL_ALLOWANCE`] after that.
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
     /// Resolves when the coordinator cancels this request (at the drain
     /// deadline, or when the drain is cut short); never resolves otherwise.
     pub async fn cancelled(&mut self) -> CancelReason {
@@ -569,7 +585,8 @@ impl DrainCoordinator {
             if let Some(deadline) = d.deadline.take() {
                 ctx.cancel_future(deadline);
             }
-            let give_up = ctx.run_later(self.linger, |act, ctx| act.give_up(ctx));
+            let give_up =
+                ctx.run_later(self.linger + CANCEL_ALLOWANCE, |act, ctx| act.give_up(ctx));
             d.cut = Some(Cut {
                 reason,
                 remaining,
@@ -590,7 +607,7 @@ impl DrainCoordinator {
         self.check_work_done(ctx);
     }
 
-    /// Work that ignored its cancellation for `linger` is abandoned.
+    /// Work that ignored its cancellation for `linger` and the allowance is abandoned.
     fn give_up(&mut self, ctx: &mut Context<Self>) {
         if let DrainState::Draining(Drain { cut: Some(cut), .. }) = &self.state {
             let outcome = Outcome::CutShort {
@@ -745,6 +762,7 @@ impl Handler<Admit> for DrainCoordinator {
             finished: ctx.address().recipient(),
             cancelled: false,
             answered: false,
+            grace: self.linger,
         })
     }
 }
@@ -1138,14 +1156,20 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn work_that_ignores_cancel_is_abandoned_after_linger() {
+    async fn work_that_ignores_cancel_is_abandoned_after_linger_and_allowance() {
         tokio::time::pause();
         let h = start();
-        let _stuck = h.admit().await.unwrap();
+        let stuck = h.admit().await.unwrap();
+        assert_eq!(stuck.grace(), LINGER, "a begun write may run the linger");
         h.cut(CancelReason::ShutdownForced).await;
         h.settle().await;
         assert!(h.reports().is_empty());
+        // A write cancelled at the end of the linger still has the allowance
+        // to say how its cancel went.
         tokio::time::sleep(LINGER + Duration::from_millis(1)).await;
+        h.settle().await;
+        assert!(h.reports().is_empty());
+        tokio::time::sleep(CANCEL_ALLOWANCE).await;
         h.settle().await;
         assert_eq!(
             h.reports()[0],

@@ -8,8 +8,12 @@
 //!
 //! The safe point: until its write begins — during the simulated work, and
 //! while the job waits in the DbActor's queue for a batch — the work listens
-//! for the coordinator's cancellation and stops there without writing. Once
-//! its batch has begun it is finished and answered, cancelled or not.
+//! for the coordinator's cancellation and stops there without writing. A
+//! write already begun is bounded too: past the request's deadline it is
+//! cancelled at once, and after a drain cut it gets the permit's grace (the
+//! hard linger) to commit before it is cancelled ([`CancelWrite`]). Either
+//! way it is answered by what the DbActor knows: stored, not written, or —
+//! when a cancel could not be confirmed — "may or may not have been stored".
 
 use std::future::pending;
 use std::time::Duration;
@@ -18,7 +22,7 @@ use actix::{Actor, ActorContext, ActorFutureExt, Addr, Context, Handler, Message
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::db::{DbActor, DbError, InsertJob, Job, WithdrawJob};
+use crate::db::{CallOff, CancelWrite, DbActor, DbError, InsertJob, Job, WithdrawJob};
 use crate::drain::{CancelReason, Permit, Phase};
 
 /// Why a unit of work did not produce a job.
@@ -166,19 +170,62 @@ impl Handler<Process> for RequestActor {
                 }
             }
             // Queued for the next batch. Until the batch begins this is still
-            // a safe point: a cancelled job is withdrawn, not written. Once
-            // its batch has begun, the write runs to completion and is answered.
+            // a safe point: a cancelled job is answered without being written.
+            // Once its batch has begun, the DbActor bounds the write.
             let id = uuid::Uuid::new_v4();
-            let mut write = Box::pin(db.send(InsertJob { id, name: msg.name }));
-            let job = tokio::select! {
-                biased;
-                written = &mut write => written??,
-                stop = stop_signal(&mut permit, deadline, drain) => {
-                    if db.send(WithdrawJob { id }).await? {
-                        return Err(stop.into_error(&mut permit));
+            let name = msg.name;
+            let mut write = Box::pin(db.send(InsertJob { id, name, deadline }));
+            let (mut cut_sent, mut timeout_sent) = (false, deadline.is_none());
+            let mut drain = drain;
+            let written = loop {
+                let timed_out = async {
+                    match deadline {
+                        Some(at) if !timeout_sent => tokio::time::sleep_until(at).await,
+                        _ => pending().await,
                     }
-                    write.await??
+                };
+                let drain_begun = async {
+                    match drain.as_mut() {
+                        Some(phase) => {
+                            if phase.wait_for(|p| !p.is_active()).await.is_err() {
+                                pending::<()>().await;
+                            }
+                        }
+                        None => pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    written = &mut write => break written?,
+                    reason = permit.cancelled(), if !cut_sent => {
+                        cut_sent = true;
+                        let why = CallOff::Cut(reason);
+                        db.do_send(CancelWrite { id, why, grace: permit.grace() });
+                    }
+                    _ = timed_out => {
+                        timeout_sent = true;
+                        let why = CallOff::RequestTimeout;
+                        db.do_send(CancelWrite { id, why, grace: Duration::ZERO });
+                    }
+                    _ = drain_begun => {
+                        // Cancellable work is declined only before its write.
+                        if db.send(WithdrawJob { id }).await? {
+                            return Err(WorkError::Declined);
+                        }
+                        drain = None;
+                    }
                 }
+            };
+            let job = match written {
+                Ok(job) => job,
+                Err(DbError::CalledOff(CallOff::Cut(reason))) => {
+                    permit.mark_cancelled();
+                    return Err(WorkError::Cancelled(reason));
+                }
+                Err(DbError::CalledOff(CallOff::RequestTimeout)) => {
+                    return Err(WorkError::TimedOut)
+                }
+                Err(e) => return Err(WorkError::Db(e)),
             };
             permit.mark_answered();
             drop(permit);

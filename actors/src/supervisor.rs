@@ -14,7 +14,7 @@
 //! |---|---|---|
 //! | `delay` | keeps serving until the delay since the drain began is over | the delay |
 //! | `stop_accepting` | stops admission (the drain deadline starts), closes the listener | phase timeout |
-//! | `drain` | waits for the work and the connections | drain timeout + 2 × linger |
+//! | `drain` | waits for the work and the connections | drain timeout + 2 × linger + 500 ms |
 //! | `stop_admin` | stops the admin listener (registered by the binary) | phase timeout |
 //! | `stop_background` | stops the heartbeat between two beats | phase timeout |
 //! | `flush_telemetry` | exports the spans so far | phase timeout |
@@ -45,7 +45,7 @@ use crate::census;
 use crate::db::{ClosePool, DbActor, RecordDrainBegin, RecordDrainComplete};
 use crate::drain::{
     BeginDrain, CancelReason, CutShort, DrainCoordinator, DrainReport, GetSnapshot, ListenerClosed,
-    Outcome, Phase, StopAdmitting,
+    Outcome, Phase, StopAdmitting, CANCEL_ALLOWANCE,
 };
 use crate::heartbeat::Heartbeat;
 use crate::lifecycle::{BudgetShort, Control, Lifecycle, PhaseCtx, PhaseRecord, StopActor};
@@ -114,10 +114,10 @@ impl ShutdownSettings {
     }
 
     /// The drain phase's own deadline for a drain of `drain_timeout`: the
-    /// deadline, then the linger for cancelled work, then the linger for
-    /// connections.
+    /// deadline, then the linger for cancelled work and the allowance for
+    /// cancels to be confirmed, then the linger for connections.
     fn drain_phase(&self, drain_timeout: Duration) -> Duration {
-        drain_timeout + 2 * self.linger()
+        drain_timeout + 2 * self.linger() + CANCEL_ALLOWANCE
     }
 
     /// Each phase's own deadline. `admin` says whether prestop exists.
@@ -1172,8 +1172,8 @@ mod tests {
             ..s
         };
         let short = tight.check_budget(true, true).expect_err("too small");
-        // 300 delay + 32000 drain + 4 × 1500 + 1000 reserve = 39300.
-        assert_eq!(short.needed, Duration::from_millis(39_300));
+        // 300 delay + 32500 drain + 4 × 1500 + 1000 reserve = 39800.
+        assert_eq!(short.needed, Duration::from_millis(39_800));
     }
 
     #[test]

@@ -45,6 +45,10 @@ impl TryFrom<Value> for NewJob {
         if name.chars().count() > MAX_NAME_CHARS {
             return Err(invalid("name must be at most 1000 characters"));
         }
+        // PostgreSQL's text cannot hold NUL: the client's mistake, not ours.
+        if name.contains('\0') {
+            return Err(invalid("name must not contain NUL characters"));
+        }
         let latency_ms = fields::latency_ms(body.remove("latency_ms")).map_err(invalid)?;
         let cancellable = match body.remove("cancellable") {
             None | Some(Value::Null) => false,
@@ -154,6 +158,10 @@ mod tests {
         assert_eq!(err(json!({"name": "a", "latency_ms": 1.5})), bad_latency);
         assert_eq!(err(json!({"name": "a", "latency_ms": "5"})), bad_latency);
         assert_eq!(err(json!({"name": "a", "latency_ms": 600001})), bad_latency);
+        assert_eq!(
+            err(json!({"name": "a\u{0}b"})),
+            "name must not contain NUL characters"
+        );
         assert_eq!(err(json!([1])), "the body must be a JSON object");
         assert_eq!(
             err(json!({"name": "a", "cancellable": "yes"})),

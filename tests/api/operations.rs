@@ -326,7 +326,7 @@ fn phases_run_in_lifo_order_and_a_stalled_phase_is_cut_at_its_deadline() {
 #[test]
 fn a_prestop_held_past_the_budget_still_closes_records_and_exits() {
     let db = TestDb::create();
-    // 200 delay + 100 + (100 + 2 × 1000) drain + 3 × 100 + 1000 reserve.
+    // 200 delay + 100 + (100 + 2 × 1000 + 500) drain + 3 × 100 + 1000 reserve.
     let mut server = Server::start(
         &db,
         &[
@@ -334,7 +334,7 @@ fn a_prestop_held_past_the_budget_still_closes_records_and_exits() {
             ("SHUTDOWN_DELAY_MS", "200"),
             ("DRAIN_TIMEOUT_MS", "100"),
             ("SHUTDOWN_PHASE_TIMEOUT_MS", "100"),
-            ("SHUTDOWN_TIMEOUT_MS", "3700"),
+            ("SHUTDOWN_TIMEOUT_MS", "4200"),
         ],
     );
     let admin = server.admin_port();
@@ -342,7 +342,7 @@ fn a_prestop_held_past_the_budget_still_closes_records_and_exits() {
         request(admin, "POST", "/admin/prestop", None, b"").status,
         200
     );
-    thread::sleep(Duration::from_millis(4000));
+    thread::sleep(Duration::from_millis(4500));
     let signalled = Instant::now();
     server.signal(libc::SIGTERM);
     let (code, exited) = server.wait_exit(PATIENCE);
@@ -380,13 +380,13 @@ fn a_budget_that_cannot_hold_the_phases_is_refused_at_start_up() {
     ]);
     let (code, _) = server.wait_exit(PATIENCE);
     assert_eq!(code, 2);
-    // 1500 stop_accepting + 32000 drain (30 s + 2 × 1 s linger)
+    // 1500 stop_accepting + 32500 drain (30 s + 2 × 1 s linger + 500 ms cancel allowance)
     // + 1500 stop_background + 1500 flush_telemetry + 1000 reserve.
     assert_eq!(
         server.log().trim_end(),
         "drainer: invalid configuration: SHUTDOWN_TIMEOUT_MS is 10000 ms but the shutdown \
-         phases need 37500 ms (the delay, the drain timeout, every other phase's deadline \
-         and the 1000 ms reserve): the budget is 27500 ms short"
+         phases need 38000 ms (the delay, the drain timeout, every other phase's deadline \
+         and the 1000 ms reserve): the budget is 28000 ms short"
     );
     assert_eq!(
         db.count("SELECT count(*)::text FROM pg_tables WHERE tablename = 'serverinstance'"),
