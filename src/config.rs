@@ -95,6 +95,10 @@ pub struct Config {
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_ms: u64,
 
+    /// From the first byte of each request, how long a client has to send all of it (head and body), and to read its answers; past it: 408 and the connection closed (ms).
+    #[arg(long, env = "CLIENT_REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub client_request_timeout_ms: u64,
+
     /// How long start-up keeps trying to reach the database before it gives up with exit code 2 (ms).
     #[arg(long, env = "DB_CONNECT_TIMEOUT_MS", default_value_t = 10_000)]
     pub db_connect_timeout_ms: u64,
@@ -129,6 +133,11 @@ impl Config {
     /// The per-request deadline.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// A client's time to send a whole request, and to read its answers.
+    pub fn client_request_timeout(&self) -> Duration {
+        Duration::from_millis(self.client_request_timeout_ms)
     }
 
     /// The shutdown delay.

@@ -217,6 +217,7 @@ async fn start(
     let workers = config.worker_count();
     let http_settings = crate::http::HttpSettings {
         request_timeout: config.request_timeout(),
+        client_request_timeout: config.client_request_timeout(),
     };
     let phase_timeout = shutdown.phase_timeout;
     let components = Components {

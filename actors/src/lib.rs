@@ -21,11 +21,13 @@
 //!   (The stdin transport has no writes; it keeps its permits in one
 //!   deadline-ordered queue instead, so its replies leave in deadline order.)
 //! - [`db`] — the **DbActor**. Owns the PostgreSQL pool: schema, instance
-//!   registration, jobs, drain records; closes the pool last.
+//!   registration, jobs (batched, every write bounded and answered truthfully
+//!   whatever the database does), drain records; closes the pool last.
 //! - [`heartbeat`] — the **Heartbeat**: stamps the instance's `last_seen_at`
 //!   every `HEARTBEAT_MS`; stops between two beats.
 //! - [`signals`] — turns SIGTERM / SIGINT / SIGQUIT into a stream of
-//!   [`ShutdownSignal`]s, installed before anything else happens.
+//!   [`ShutdownSignal`]s, installed before anything else happens; logs and
+//!   ignores the stray ones (SIGHUP, SIGUSR1, …).
 //! - [`metrics`] — the Prometheus registry; values are written where the
 //!   events happen and read only by `/metrics`.
 //! - [`census`] — counts actors not stopped and tasks not finished: the leak
@@ -43,7 +45,7 @@
 //!                               └──RecordDrainBegin / RecordDrainComplete / ClosePool──▶ DbActor          │
 //!  transport ──TransportDrain / TransportEnded──▶ Supervisor                                              │
 //!  admin listener ──PreStop──▶ Supervisor                                                                 │
-//!  transport ──Admit──▶ DrainCoordinator ──Permit──▶ RequestActor ──InsertJob──▶ DbActor                  │
+//!  transport ──Admit──▶ DrainCoordinator ──Permit──▶ RequestActor ──InsertJob / CancelWrite──▶ DbActor     │
 //!  Permit::drop ──RequestFinished──────────────────────────────────────────────────────────────────────────┤
 //!  ConnGuard::register / drop ──ConnectionOpened / ConnectionClosed────────────────────────────────────────┘
 //! ```
@@ -56,8 +58,14 @@
 //! 2. Once the coordinator has stopped admitting, no request is admitted again:
 //!    admission and the zero check happen in the same actor, one message at a
 //!    time, so there is no window between "counted zero" and "admitted one more".
-//! 3. A job is acknowledged only after its row is committed; a request cancelled
-//!    at the drain deadline is cancelled *before* its write begins, never during.
+//! 3. A job is acknowledged only after its row is committed, and answered "not
+//!    stored" only when that is certain. A request cancelled at the drain
+//!    deadline is cancelled before its write begins; a write already begun gets
+//!    the hard linger to commit, then is cancelled in PostgreSQL, and a write
+//!    past its request's deadline is cancelled at once. A cancelled write is
+//!    answered by what the cancel proved (nothing written: `drain_timeout`,
+//!    `shutdown_forced` or `request_timeout`; unconfirmed: "may or may not have
+//!    been stored"), before its connection closes — never silently.
 //! 4. The drain ends when the count reaches zero (an event, not a poll) or at the
 //!    deadline (a timer); the process exits only once the connections that
 //!    carried the answers have closed, so no answer is lost in a buffer.

@@ -30,6 +30,9 @@ pub enum ApiError {
     /// The body could not be read.
     #[error("could not read the request body")]
     BadPayload,
+    /// The client did not send the whole request in `CLIENT_REQUEST_TIMEOUT_MS`.
+    #[error("client_request_timeout")]
+    ClientTimeout,
     /// No such path.
     #[error("not found")]
     NotFound,
@@ -63,6 +66,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::MalformedJson(_) | ApiError::BadPayload => StatusCode::BAD_REQUEST,
+            ApiError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -79,8 +83,15 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status_code());
-        if let ApiError::Overloaded = self {
-            res.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+        match self {
+            ApiError::Overloaded => {
+                res.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+            }
+            // The rest of the body will never be read: the connection ends.
+            ApiError::ClientTimeout => {
+                res.force_close();
+            }
+            _ => {}
         }
         res.json(serde_json::json!({ "error": self.to_string() }))
     }
@@ -110,6 +121,9 @@ impl From<JsonPayloadError> for ApiError {
             }
             JsonPayloadError::Deserialize(e) | JsonPayloadError::Serialize(e) => {
                 ApiError::MalformedJson(e.to_string())
+            }
+            JsonPayloadError::Payload(e) if super::deadline::is_timeout(&e) => {
+                ApiError::ClientTimeout
             }
             _ => ApiError::BadPayload,
         }

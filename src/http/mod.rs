@@ -14,6 +14,7 @@
 //! `{"error":"server_shutting_down"}` without being processed; and from the
 //! moment a drain begins every response carries `Connection: close`.
 
+mod deadline;
 pub mod error;
 pub mod work;
 
@@ -34,6 +35,9 @@ use error::{ApiError, MAX_BODY};
 pub struct HttpSettings {
     /// A request running past this is stopped at a safe point: 504.
     pub request_timeout: Duration,
+    /// From a request's first byte, how long the client has to send the
+    /// whole of it (head and body): 408.
+    pub client_request_timeout: Duration,
 }
 
 /// The probes: answered during a drain, never counted as work.
@@ -60,6 +64,7 @@ pub fn app(
         .app_data(web::Data::new(settings))
         .app_data(json)
         .wrap(from_fn(drain_policy))
+        .wrap(from_fn(deadline::client_deadline))
         .service(
             web::resource("/health")
                 .route(web::get().to(health))

@@ -14,6 +14,8 @@
 //! - [`CloseListener`] closes the listener without resetting queued clients
 //!   (see [`listener`]).
 
+mod activity;
+mod framing;
 pub mod listener;
 mod stream;
 
@@ -33,13 +35,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::http;
-use stream::{Activity, TrackedStream};
-
-/// How long a new connection may take to send its first request.
-const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub use activity::Activity;
+use activity::Expired;
+use stream::TrackedStream;
 
 /// How long an idle keep-alive connection stays open while serving normally.
+/// The connection's Activity closes it; actix-http's own timer (which would
+/// also fire while answers wait to be written) is set far beyond it.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
+const DISPATCHER_KEEP_ALIVE: Duration = Duration::from_secs(24 * 3600);
 
 /// A connection on its way to a worker.
 struct Conn {
@@ -175,11 +179,15 @@ async fn worker(
     settings: http::HttpSettings,
     mut conns: mpsc::UnboundedReceiver<Conn>,
 ) {
+    let client_timeout = settings.client_request_timeout;
     let factory = actix_http::HttpService::build()
-        .keep_alive(KEEP_ALIVE)
-        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+        .keep_alive(DISPATCHER_KEEP_ALIVE)
+        // Every head, the first included, is timed by the connection's
+        // Activity instead, which answers 408 with a JSON body.
+        .client_request_timeout(Duration::ZERO)
         .on_connect_ext(|io: &TrackedStream, ext| {
             ext.insert(io.conn_id());
+            ext.insert(io.activity());
         })
         .h1(map_config(http::app(core, settings), |_| {
             AppConfig::default()
@@ -192,12 +200,20 @@ async fn worker(
         }
     };
     while let Some(conn) = conns.recv().await {
-        census::spawn(serve(service.clone(), conn));
+        census::spawn(serve(service.clone(), conn, client_timeout));
     }
 }
 
-/// Serves one connection until it closes or the coordinator closes it.
-async fn serve<S>(service: Rc<S>, conn: Conn)
+/// The answer to a request head that took longer than
+/// `CLIENT_REQUEST_TIMEOUT_MS`, written by the serve loop itself: the
+/// dispatcher never saw the request.
+const HEAD_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
+content-length: 34\r\nconnection: close\r\n\r\n{\"error\":\"client_request_timeout\"}";
+
+/// Serves one connection until it closes, the coordinator closes it, or its
+/// client runs out of time (`client_timeout` for each request, and for
+/// reading its answers).
+async fn serve<S>(service: Rc<S>, conn: Conn, client_timeout: Duration)
 where
     S: Service<(TrackedStream, Option<SocketAddr>)>,
 {
@@ -207,6 +223,9 @@ where
         mut close,
     } = conn;
     let peer = stream.peer_addr().ok();
+    // A second handle on the socket, to answer a head that timed out after
+    // the dispatcher (which owns the first) is gone.
+    let answer_on = stream.try_clone().ok();
     let prepared = stream
         .set_nonblocking(true)
         .and_then(|()| stream.set_nodelay(true))
@@ -221,6 +240,8 @@ where
     };
     let dispatcher = service.call((io, peer));
     tokio::pin!(dispatcher);
+    let check = actix_rt::time::sleep(client_timeout.min(KEEP_ALIVE));
+    tokio::pin!(check);
     loop {
         tokio::select! {
             _ = &mut dispatcher => return,
@@ -231,6 +252,52 @@ where
                 // Dropping the dispatcher closes the socket and drops the guard.
                 Some(Close::IfIdle | Close::Now) | None => return,
             },
+            _ = &mut check => {
+                let now = std::time::Instant::now();
+                match activity.expired(now, client_timeout, KEEP_ALIVE) {
+                    None => {
+                        let next = activity.next_check(now, client_timeout, KEEP_ALIVE);
+                        check.as_mut().reset(tokio::time::Instant::from_std(next));
+                    }
+                    Some(Expired::Idle) => return,
+                    Some(expired) => {
+                        info!("closing a connection: {}", describe(expired));
+                        // The dispatcher (dropped on return) never saw this
+                        // head and writes nothing more.
+                        if let (Expired::Head, Some(socket)) = (expired, answer_on) {
+                            answer_timed_out_head(socket);
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn describe(expired: Expired) -> &'static str {
+    match expired {
+        Expired::Head => "a request head took longer than CLIENT_REQUEST_TIMEOUT_MS (answered 408)",
+        Expired::Body => "the body of an answered request did not arrive in time",
+        Expired::Writes => "its client read none of its answers for CLIENT_REQUEST_TIMEOUT_MS",
+        Expired::Idle => "idle past the keep-alive",
+    }
+}
+
+/// Writes the 408 on the socket's second handle (a few bytes: they fit in
+/// the send buffer of a connection whose writes are not blocked) and closes
+/// it, reading first what the client may still have sent so that the close
+/// does not reset the answer away.
+fn answer_timed_out_head(socket: std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let _ = socket.set_nonblocking(true);
+    let mut socket = socket;
+    let _ = socket.write_all(HEAD_TIMEOUT);
+    let _ = socket.shutdown(std::net::Shutdown::Write);
+    let mut sink = [0u8; 4096];
+    while let Ok(n) = socket.read(&mut sink) {
+        if n == 0 {
+            break;
         }
     }
 }

@@ -1,40 +1,29 @@
-//! A TCP stream that carries its connection's guard.
+//! A TCP stream that carries its connection's guard and its [`Activity`].
 //!
 //! The [`ConnGuard`] lives exactly as long as the socket: when actix-http's
 //! dispatcher drops the stream (the connection is over, or the coordinator
 //! asked for it to close), the guard drops with it and the DrainCoordinator
 //! hears that the connection is gone.
 //!
-//! It also keeps [`Activity`]: whether bytes were read that no flushed write
-//! has answered yet. The coordinator counts a request done when its work ends,
-//! a moment *before* its response is written; the idle sweep must not close the
-//! connection in that moment, so it asks the stream too.
+//! Every byte read and every write is told to the [`Activity`], which knows
+//! what the connection owes its client and when a request has taken too long;
+//! and a read is refused (without waking anyone) while the activity says the
+//! client must read its answers first. This stream sits under actix-http's
+//! dispatcher, which is where these bounds have to be drawn: the dispatcher
+//! itself times out only a connection's first head, and wakes itself in a
+//! loop while its writes are blocked.
 
-use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use drainer_actors::{ConnGuard, ConnId};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Whether a connection owes its client an answer, as seen at the socket.
-#[derive(Debug, Default)]
-pub struct Activity {
-    /// Bytes were read since the last flushed response.
-    awaiting: Cell<bool>,
-    /// Bytes were written since the last flush.
-    wrote: Cell<bool>,
-}
-
-impl Activity {
-    /// True when the client sent something that has not been answered yet.
-    pub fn awaiting_response(&self) -> bool {
-        self.awaiting.get()
-    }
-}
+use super::activity::Activity;
 
 /// See the module documentation.
 pub struct TrackedStream {
@@ -48,11 +37,17 @@ pub struct TrackedStream {
 impl TrackedStream {
     /// Wraps `io`, which the `guard` was registered for.
     pub fn new(io: TcpStream, guard: ConnGuard, activity: Rc<Activity>) -> Self {
+        activity.opened(Instant::now());
         TrackedStream {
             io,
             guard,
             activity,
         }
+    }
+
+    /// What the connection is doing, for the app to tell when it answers.
+    pub fn activity(&self) -> Rc<Activity> {
+        self.activity.clone()
     }
 
     /// The connection's id, for requests to pass along when they ask to be admitted.
@@ -67,11 +62,20 @@ impl AsyncRead for TrackedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this
+            .activity
+            .paused(|| this.io.poll_write_ready(cx).is_ready())
+        {
+            this.activity.park(cx.waker());
+            return Poll::Pending;
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            if buf.filled().len() > before {
-                self.activity.awaiting.set(true);
+            let read = &buf.filled()[before..];
+            if !read.is_empty() {
+                self.activity.read(read, Instant::now());
             }
         }
         polled
@@ -80,10 +84,10 @@ impl AsyncRead for TrackedStream {
 
 impl TrackedStream {
     fn note_write(&self, polled: &Poll<io::Result<usize>>) {
-        if let Poll::Ready(Ok(n)) = polled {
-            if *n > 0 {
-                self.activity.wrote.set(true);
-            }
+        match polled {
+            Poll::Ready(Ok(n)) => self.activity.wrote(*n > 0, Instant::now()),
+            Poll::Pending => self.activity.wrote(false, Instant::now()),
+            Poll::Ready(Err(_)) => {}
         }
     }
 }
@@ -116,10 +120,7 @@ impl AsyncWrite for TrackedStream {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let polled = Pin::new(&mut self.io).poll_flush(cx);
         if let Poll::Ready(Ok(())) = polled {
-            if self.activity.wrote.replace(false) {
-                // A response went out whole: nothing is owed any more.
-                self.activity.awaiting.set(false);
-            }
+            self.activity.flushed(Instant::now());
         }
         polled
     }

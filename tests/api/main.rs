@@ -3,6 +3,9 @@
 
 mod batching;
 mod contract;
+mod faultproxy;
+mod faults;
+mod hostile;
 mod lifecycle;
 mod operations;
 mod shutdown;

@@ -285,11 +285,13 @@ async fn first_connection(
         timeout_ms: timeout.as_millis(),
         cause,
     };
+    // What the last try said, for the error once the time is up.
+    let mut last: Option<String> = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let err = match tokio::time::timeout(left, pool.get()).await {
             Ok(Ok(client)) => return Ok(client),
-            Err(_) => return Err(unreachable("timed out".into())),
+            Err(_) => return Err(unreachable(last.unwrap_or_else(|| "timed out".into()))),
             Ok(Err(PoolError::Backend(e))) if e.code().is_some_and(|c| !passes(c)) => {
                 // The server answered with an SQLSTATE that retrying will not
                 // change (bad credentials, no such database).
@@ -304,14 +306,13 @@ async fn first_connection(
             }
             Ok(Err(e)) => e,
         };
+        let said = redactor.clean(describe_pool_error(&err));
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(unreachable(redactor.clean(describe_pool_error(&err))));
+            return Err(unreachable(said));
         }
-        debug!(
-            "the database is not accepting connections yet: {}",
-            describe_pool_error(&err)
-        );
+        debug!("the database is not accepting connections yet: {said}");
+        last = Some(said);
         tokio::time::sleep(left.min(Duration::from_millis(200))).await;
     }
 }
