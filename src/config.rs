@@ -19,6 +19,9 @@ Shutdown (see docs/operations.md):
   SIGTERM  starts the graceful drain (or continues a prestop's); later SIGTERMs are logged and ignored
   SIGINT   the first starts the graceful drain; a second one cuts it short
   SIGQUIT  cuts the drain short at once
+  SIGHUP, SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGPWR, SIGXCPU,
+  SIGXFSZ  logged and ignored (the process keeps serving)
+  SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT and real-time signals keep their defaults
   POST /admin/prestop (admin listener) begins the drain and answers after the delay
   Phases, in order: delay, stop_accepting, drain, stop_admin, stop_background,
   flush_telemetry, close_database; all within SHUTDOWN_TIMEOUT_MS.
@@ -30,7 +33,8 @@ and OTEL_TRACES_EXPORTER is not \"none\"; otherwise not exported.
 Exit codes:
   0  the drain completed: every admitted request got its real answer
   1  the drain was cut short (DRAIN_TIMEOUT_MS, a second SIGINT, or SIGQUIT)
-  2  start-up failed (invalid configuration, port in use, database unreachable)";
+  2  start-up failed (invalid configuration, port in use, database unreachable or
+     still starting up, a schema change blocked by a lock)";
 
 /// A prestop waits `SHUTDOWN_DELAY_MS`, or this long when that is 0 (ms).
 pub const PRESTOP_DEFAULT_DELAY_MS: u64 = 5_000;

@@ -8,7 +8,9 @@
 //!   never prints.
 //! - [`server`] — the HTTP transport: drainer's own accept loop (so the
 //!   coordinator knows every connection, and the listener closes without
-//!   resetting queued clients) feeding actix-web workers.
+//!   resetting queued clients) feeding actix-web workers, over a stream that
+//!   bounds hostile clients (a deadline on every request, no reading while
+//!   the client reads none of its answers).
 //! - [`admin`] — the admin listener (`ADMIN_PORT`): `/metrics` and
 //!   `/admin/prestop`, stopped in its own shutdown phase after the API drains.
 //! - [`telemetry`] — where the shutdown trace goes (`OTEL_*` variables).

@@ -25,6 +25,11 @@ pub const OUTCOMES: [&str; 8] = [
     "error",
 ];
 
+/// Every value of `drainer_client_timeouts_total{reason}`: a request head
+/// or body not received within `CLIENT_REQUEST_TIMEOUT_MS`, or a client that
+/// read none of its answers for as long.
+pub const CLIENT_TIMEOUTS: [&str; 3] = ["head", "body", "writes"];
+
 /// `drainer_drain_state`: 0 active, 1 draining, 2 stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrainStateValue {
@@ -46,6 +51,7 @@ struct Families {
     phase_failed: IntCounterVec,
     force_close: IntCounter,
     drain_duration: Gauge,
+    client_timeouts: IntCounterVec,
 }
 
 /// A handle on the registry; clones share it.
@@ -109,8 +115,19 @@ impl Metrics {
             "From the start of the drain to the end of its work (0 until a drain ends).",
         )
         .expect("valid metric");
+        let client_timeouts = IntCounterVec::new(
+            Opts::new(
+                "drainer_client_timeouts_total",
+                "Connections closed because their client ran out of CLIENT_REQUEST_TIMEOUT_MS, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         for outcome in OUTCOMES {
             requests.with_label_values(&[outcome]);
+        }
+        for reason in CLIENT_TIMEOUTS {
+            client_timeouts.with_label_values(&[reason]);
         }
         for phase in phases {
             phase_duration.with_label_values(&[phase]);
@@ -127,9 +144,10 @@ impl Metrics {
             phase_failed,
             force_close,
             drain_duration,
+            client_timeouts,
         };
         let f = &families;
-        let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
             Box::new(f.in_flight.clone()),
             Box::new(f.requests.clone()),
             Box::new(f.drain_state.clone()),
@@ -138,6 +156,7 @@ impl Metrics {
             Box::new(f.phase_failed.clone()),
             Box::new(f.force_close.clone()),
             Box::new(f.drain_duration.clone()),
+            Box::new(f.client_timeouts.clone()),
         ];
         for c in collectors {
             f.registry.register(c).expect("each family registered once");
@@ -178,6 +197,11 @@ impl Metrics {
     /// The drain's work ended after `took`.
     pub fn set_drain_duration(&self, took: Duration) {
         self.0.drain_duration.set(took.as_secs_f64());
+    }
+
+    /// A client ran out of time (`reason`: one of [`CLIENT_TIMEOUTS`]).
+    pub fn client_timeout(&self, reason: &str) {
+        self.0.client_timeouts.with_label_values(&[reason]).inc();
     }
 
     /// `n` connections closed by force.
@@ -223,6 +247,10 @@ mod tests {
         }
         for outcome in OUTCOMES {
             let line = format!("drainer_requests_total{{outcome=\"{outcome}\"}} 0");
+            assert!(text.lines().any(|l| l == line), "{line} missing");
+        }
+        for reason in CLIENT_TIMEOUTS {
+            let line = format!("drainer_client_timeouts_total{{reason=\"{reason}\"}} 0");
             assert!(text.lines().any(|l| l == line), "{line} missing");
         }
         m.request("created");

@@ -23,6 +23,7 @@ use actix_web::HttpMessage;
 use futures_util::Stream;
 
 use super::HttpSettings;
+use drainer_actors::Core;
 use crate::server::Activity;
 
 /// The error a body read ends with when its deadline passes.
@@ -45,9 +46,17 @@ pub async fn client_deadline(
         req.set_payload(Payload::from(Box::pin(Deadline::new(body, began, timeout))
             as Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>));
     }
+    let metrics = req
+        .app_data::<web::Data<Core>>()
+        .map(|core| core.metrics.clone());
     let answer = next.call(req).await;
     if let Some(activity) = activity {
         activity.answered();
+    }
+    if let (Ok(res), Some(metrics)) = (&answer, metrics) {
+        if res.status() == actix_web::http::StatusCode::REQUEST_TIMEOUT {
+            metrics.client_timeout("body");
+        }
     }
     answer
 }

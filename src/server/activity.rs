@@ -30,6 +30,11 @@ use super::framing::Framer;
 /// buffer never reaches the size at which it wakes itself in a loop.
 pub const MAX_OWED: u64 = 8;
 
+/// How much longer than its deadline the unread rest of an answered body may
+/// take before the connection is closed: the app answers a body it reads 408
+/// at the deadline itself, and closes the connection then.
+const BODY_GRACE: Duration = Duration::from_millis(250);
+
 /// See the module documentation.
 #[derive(Debug, Default)]
 pub struct Activity {
@@ -158,18 +163,29 @@ impl Activity {
         {
             return Some(Expired::Writes);
         }
-        let framer = self.framer.borrow();
-        let since = framer.receiving_since()?;
-        if now < since + timeout || framer.opaque() || self.owed() > 0 {
+        let deadline = self.request_deadline(timeout)?;
+        if now < deadline || self.owed() > 0 {
             // Not yet; or the app is handling it (its body read has the
             // same deadline, and answers 408 itself).
             return None;
         }
-        Some(if framer.in_head() {
+        Some(if self.framer.borrow().in_head() {
             Expired::Head
         } else {
             Expired::Body
         })
+    }
+
+    /// When the request arriving now runs out of time; none when nothing is
+    /// arriving or its framing could not be followed.
+    fn request_deadline(&self, timeout: Duration) -> Option<Instant> {
+        let framer = self.framer.borrow();
+        let since = framer.receiving_since()?;
+        match (framer.opaque(), framer.in_head()) {
+            (true, _) => None,
+            (false, true) => Some(since + timeout),
+            (false, false) => Some(since + timeout + BODY_GRACE),
+        }
     }
 
     /// When to look again: no later than any deadline. A deadline that
@@ -178,7 +194,7 @@ impl Activity {
     /// looking again by then misses none, and nothing on the hot path has to
     /// say when one starts.
     pub fn next_check(&self, now: Instant, timeout: Duration, keep_alive: Duration) -> Instant {
-        let request = self.framer.borrow().receiving_since().map(|s| s + timeout);
+        let request = self.request_deadline(timeout);
         let writes = self.blocked_since.get().map(|s| s + timeout);
         let idle = self.idle_since.get().map(|s| s + keep_alive);
         [request, writes, idle]
@@ -226,7 +242,8 @@ mod tests {
             "owed: the app answers 408 itself"
         );
         a.answered();
-        assert_eq!(a.expired(t0 + 2 * T, T, KA), Some(Expired::Body));
+        assert_eq!(a.expired(t0 + T, T, KA), None, "the app's own 408 closes first");
+        assert_eq!(a.expired(t0 + T + BODY_GRACE, T, KA), Some(Expired::Body));
     }
 
     #[test]

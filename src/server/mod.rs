@@ -12,7 +12,12 @@
 //! - each worker serves its connections until the client or the server closes
 //!   them, or until the coordinator asks for them to be closed;
 //! - [`CloseListener`] closes the listener without resetting queued clients
-//!   (see [`listener`]).
+//!   (see [`listener`]);
+//! - each connection's [`Activity`] — fed by the stream under the dispatcher
+//!   (`stream`), which follows the HTTP/1 framing (`framing`) — bounds its
+//!   client: `CLIENT_REQUEST_TIMEOUT_MS` for every request and for write
+//!   progress, reading paused while the client must read first, and the
+//!   keep-alive.
 
 mod activity;
 mod framing;
@@ -28,7 +33,8 @@ use actix_rt::Arbiter;
 use actix_service::{map_config, Service, ServiceFactory};
 use actix_web::dev::AppConfig;
 use drainer_actors::{
-    census, Close, CloseListener, ConnGuard, Core, DrainCoordinator, StopTransport, Transport,
+    census, Close, CloseListener, ConnGuard, Core, DrainCoordinator, Metrics, StopTransport,
+    Transport,
 };
 use log::{error, info};
 use tokio::net::TcpListener;
@@ -199,8 +205,9 @@ async fn worker(
             return;
         }
     };
+    let metrics = core.metrics.clone();
     while let Some(conn) = conns.recv().await {
-        census::spawn(serve(service.clone(), conn, client_timeout));
+        census::spawn(serve(service.clone(), conn, client_timeout, metrics.clone()));
     }
 }
 
@@ -213,7 +220,7 @@ content-length: 34\r\nconnection: close\r\n\r\n{\"error\":\"client_request_timeo
 /// Serves one connection until it closes, the coordinator closes it, or its
 /// client runs out of time (`client_timeout` for each request, and for
 /// reading its answers).
-async fn serve<S>(service: Rc<S>, conn: Conn, client_timeout: Duration)
+async fn serve<S>(service: Rc<S>, conn: Conn, client_timeout: Duration, metrics: Metrics)
 where
     S: Service<(TrackedStream, Option<SocketAddr>)>,
 {
@@ -261,7 +268,9 @@ where
                     }
                     Some(Expired::Idle) => return,
                     Some(expired) => {
-                        info!("closing a connection: {}", describe(expired));
+                        let (reason, why) = describe(expired);
+                        info!("closing a connection: {why}");
+                        metrics.client_timeout(reason);
                         // The dispatcher (dropped on return) never saw this
                         // head and writes nothing more.
                         if let (Expired::Head, Some(socket)) = (expired, answer_on) {
@@ -275,12 +284,22 @@ where
     }
 }
 
-fn describe(expired: Expired) -> &'static str {
+/// Its `drainer_client_timeouts_total{reason}` label, and its log line.
+fn describe(expired: Expired) -> (&'static str, &'static str) {
     match expired {
-        Expired::Head => "a request head took longer than CLIENT_REQUEST_TIMEOUT_MS (answered 408)",
-        Expired::Body => "the body of an answered request did not arrive in time",
-        Expired::Writes => "its client read none of its answers for CLIENT_REQUEST_TIMEOUT_MS",
-        Expired::Idle => "idle past the keep-alive",
+        Expired::Head => (
+            "head",
+            "a request head took longer than CLIENT_REQUEST_TIMEOUT_MS (answered 408)",
+        ),
+        Expired::Body => (
+            "body",
+            "the body of an answered request did not arrive in time",
+        ),
+        Expired::Writes => (
+            "writes",
+            "its client read none of its answers for CLIENT_REQUEST_TIMEOUT_MS",
+        ),
+        Expired::Idle => ("idle", "idle past the keep-alive"),
     }
 }
 

@@ -29,7 +29,10 @@ const TIMED_OUT: &str = "HTTP/1.1 408 Request Timeout";
 #[test]
 fn a_body_that_stalls_is_answered_408_and_closed() {
     let db = TestDb::create();
-    let server = Server::start(&db, &[("CLIENT_REQUEST_TIMEOUT_MS", "1000")]);
+    let mut server = Server::start(
+        &db,
+        &[("CLIENT_REQUEST_TIMEOUT_MS", "1000"), ("ADMIN_PORT", "0")],
+    );
     let mut s = connect(server.port);
     let sent = Instant::now();
     s.write_all(
@@ -48,12 +51,29 @@ fn a_body_that_stalls_is_answered_408_and_closed() {
     assert!(took >= Duration::from_millis(900), "{took:?}");
     assert!(took < Duration::from_millis(5000), "{took:?}");
     assert_eq!(db.count("SELECT count(*)::text FROM jobs"), 0);
+    assert_eq!(client_timeouts(&mut server), [0, 1, 0], "head, body, writes");
+}
+
+/// `drainer_client_timeouts_total` for head, body and writes.
+fn client_timeouts(server: &mut Server) -> [u64; 3] {
+    let metrics = get(server.admin_port(), "/metrics").body;
+    ["head", "body", "writes"].map(|reason| {
+        let prefix = format!("drainer_client_timeouts_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+    })
 }
 
 #[test]
 fn a_second_head_that_stalls_is_answered_408_and_closed() {
     let db = TestDb::create();
-    let server = Server::start(&db, &[("CLIENT_REQUEST_TIMEOUT_MS", "1000")]);
+    let mut server = Server::start(
+        &db,
+        &[("CLIENT_REQUEST_TIMEOUT_MS", "1000"), ("ADMIN_PORT", "0")],
+    );
     let mut s = connect(server.port);
     s.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
         .expect("send");
@@ -75,6 +95,7 @@ fn a_second_head_that_stalls_is_answered_408_and_closed() {
     assert!(server
         .log()
         .contains("a request head took longer than CLIENT_REQUEST_TIMEOUT_MS"));
+    assert_eq!(client_timeouts(&mut server), [1, 0, 0], "head, body, writes");
 }
 
 #[test]
@@ -149,7 +170,10 @@ fn a_pipelining_client_that_never_reads_burns_no_cpu_and_is_closed() {
     let db = TestDb::create();
     // Long enough that the CPU is measured before the connection is closed
     // for making no progress (which would end a busy-wait too).
-    let mut server = Server::start(&db, &[("CLIENT_REQUEST_TIMEOUT_MS", "9000")]);
+    let mut server = Server::start(
+        &db,
+        &[("CLIENT_REQUEST_TIMEOUT_MS", "9000"), ("ADMIN_PORT", "0")],
+    );
     let rss_before = rss_kib(server.pid);
     // A small receive window, so the server's writes block soon.
     let socket =
@@ -184,6 +208,7 @@ fn a_pipelining_client_that_never_reads_burns_no_cpu_and_is_closed() {
     assert!(grew < 64 * 1024, "memory grew by {grew} KiB");
     // No write progress for CLIENT_REQUEST_TIMEOUT_MS: the connection is closed.
     server.wait_for_log("its client read none of its answers for CLIENT_REQUEST_TIMEOUT_MS");
+    assert_eq!(client_timeouts(&mut server), [0, 0, 1], "head, body, writes");
     // The server still serves others.
     assert_eq!(get(server.port, "/livez").status, 200);
 }

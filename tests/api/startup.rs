@@ -108,6 +108,9 @@ fn help_documents_every_setting() {
         "SHUTDOWN_DELAY_MS",
         "DB_CONNECT_TIMEOUT_MS",
         "IDLE_CLOSE_GRACE_MS",
+        "CLIENT_REQUEST_TIMEOUT_MS",
+        "SIGHUP",
+        "SIGXFSZ",
         "RUST_LOG",
         "Exit codes",
     ] {

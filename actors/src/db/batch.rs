@@ -140,6 +140,10 @@ struct Batch {
     entries: Vec<Entry>,
     calls: mpsc::UnboundedReceiver<CallOffAt>,
     redactor: Redactor,
+    /// A cancel was sent on the statement's connection. A cancel that lands
+    /// late would cancel whatever runs there next, so the connection is not
+    /// given back to the pool.
+    cancel_sent: bool,
 }
 
 /// Writes one batch and answers each of its jobs (or hands them back).
@@ -164,6 +168,7 @@ pub(super) async fn write_batch(
         entries,
         calls,
         redactor,
+        cancel_sent: false,
     };
     batch.write(&pool).await;
     BatchEnd {
@@ -180,7 +185,16 @@ impl Batch {
         let jobs: Vec<usize> = (0..self.entries.len())
             .filter(|&i| self.entries[i].open())
             .collect();
-        match self.run(&conn, &jobs).await {
+        let ran = self.run(&conn, &jobs).await;
+        let lost = conn.backend.clone();
+        // A connection whose statement was abandoned or lost, or that was
+        // sent a cancel, is not given back to the pool.
+        if self.cancel_sent || matches!(ran, Ran::Abandoned | Ran::Lost(_)) {
+            discard(conn);
+        } else {
+            drop(conn);
+        }
+        match ran {
             Ran::Committed => self.answer(&jobs, || Ok(())),
             Ran::Refused(e) if jobs.len() == 1 => {
                 let e = self.redactor.query(&e);
@@ -198,12 +212,8 @@ impl Batch {
                 self.settle_unwritten(Instant::now());
             }
             Ran::Cancelled => self.settle_unwritten(Instant::now()),
-            Ran::Abandoned => discard(conn),
-            Ran::Lost(why) => {
-                let lost = conn.backend.clone();
-                discard(conn);
-                self.resolve(pool, &lost, &why).await;
-            }
+            Ran::Abandoned => {}
+            Ran::Lost(why) => self.resolve(pool, &lost, &why).await,
         }
     }
 
@@ -256,6 +266,7 @@ impl Batch {
                 result = &mut statement => break classify(result, alone),
                 Some(call) = self.calls.recv() => self.apply(call),
                 _ = sleep_until(due) => {
+                    self.cancel_sent = true;
                     let confirm_by = Instant::now() + CANCEL_CONFIRM;
                     let token = conn.cancel_token();
                     let sent = tokio::time::timeout_at(confirm_by, token.cancel_query(NoTls)).await;
