@@ -200,12 +200,13 @@ impl Handler<Process> for RequestActor {
                     reason = permit.cancelled(), if !cut_sent => {
                         cut_sent = true;
                         let why = CallOff::Cut(reason);
-                        db.do_send(CancelWrite { id, why, grace: permit.grace() });
+                        let at = Instant::now() + permit.grace();
+                        db.do_send(CancelWrite { id, why, at });
                     }
                     _ = timed_out => {
                         timeout_sent = true;
                         let why = CallOff::RequestTimeout;
-                        db.do_send(CancelWrite { id, why, grace: Duration::ZERO });
+                        db.do_send(CancelWrite { id, why, at: Instant::now() });
                     }
                     _ = drain_begun => {
                         // Cancellable work is declined only before its write.

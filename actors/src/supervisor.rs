@@ -456,7 +456,7 @@ impl Supervisor {
                         coordinator,
                         close_listener,
                         marks,
-                        within_budget(drain_timeout, &ctx, 2 * linger),
+                        within_budget(drain_timeout, &ctx, 2 * linger + CANCEL_ALLOWANCE),
                         idle_grace,
                     )
                 },

@@ -23,8 +23,8 @@ use actix_web::HttpMessage;
 use futures_util::Stream;
 
 use super::HttpSettings;
-use drainer_actors::Core;
 use crate::server::Activity;
+use drainer_actors::Core;
 
 /// The error a body read ends with when its deadline passes.
 pub fn is_timeout(e: &PayloadError) -> bool {

@@ -46,6 +46,9 @@ pub struct Activity {
     framer: RefCell<Framer>,
     /// Requests the app has answered.
     answered: Cell<u64>,
+    /// Requests the app has taken and not answered yet: while any is, the
+    /// connection is never closed for its client.
+    in_app: Cell<u64>,
     /// Since when writes have made no progress (the client reads nothing).
     blocked_since: Cell<Option<Instant>>,
     /// The reader parked by [`Activity::park`], woken when it may read again.
@@ -58,9 +61,12 @@ pub struct Activity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expired {
     /// A request head has been arriving for the whole timeout, and every
-    /// earlier request was answered: answer it 408 and close.
+    /// earlier request was answered and its answer written: answer it 408
+    /// and close.
     Head,
-    /// The rest of an answered request's body never came: close.
+    /// The rest of an answered request's body never came (or bytes whose
+    /// framing could not be followed, or a head behind answers not yet
+    /// written): close.
     Body,
     /// Writes made no progress for the whole timeout: close.
     Writes,
@@ -130,11 +136,13 @@ impl Activity {
 
     /// The app takes the next request: answers when its first byte arrived.
     pub fn request_started(&self) -> Option<Instant> {
+        self.in_app.set(self.in_app.get() + 1);
         self.framer.borrow_mut().take_head_start()
     }
 
     /// The app has answered a request.
     pub fn answered(&self) {
+        self.in_app.set(self.in_app.get().saturating_sub(1));
         self.answered.set(self.answered.get() + 1);
         if let Some(reader) = self.parked.borrow_mut().take() {
             reader.wake();
@@ -164,12 +172,15 @@ impl Activity {
             return Some(Expired::Writes);
         }
         let deadline = self.request_deadline(timeout)?;
-        if now < deadline || self.owed() > 0 {
-            // Not yet; or the app is handling it (its body read has the
-            // same deadline, and answers 408 itself).
+        if now < deadline || self.in_app.get() > 0 || self.owed() > 0 {
+            // Not yet; or the app is handling a request (a body it reads
+            // has the same deadline, and it answers 408 itself).
             return None;
         }
-        Some(if self.framer.borrow().in_head() {
+        let framer = self.framer.borrow();
+        // The 408 goes out only on a connection whose every answer is out.
+        let flushed = !self.wrote.get() && self.blocked_since.get().is_none();
+        Some(if framer.in_head() && !framer.opaque() && flushed {
             Expired::Head
         } else {
             Expired::Body
@@ -181,10 +192,11 @@ impl Activity {
     fn request_deadline(&self, timeout: Duration) -> Option<Instant> {
         let framer = self.framer.borrow();
         let since = framer.receiving_since()?;
-        match (framer.opaque(), framer.in_head()) {
-            (true, _) => None,
-            (false, true) => Some(since + timeout),
-            (false, false) => Some(since + timeout + BODY_GRACE),
+        // A framing that cannot be followed is bounded like a body.
+        if framer.in_head() && !framer.opaque() {
+            Some(since + timeout)
+        } else {
+            Some(since + timeout + BODY_GRACE)
         }
     }
 
@@ -242,7 +254,11 @@ mod tests {
             "owed: the app answers 408 itself"
         );
         a.answered();
-        assert_eq!(a.expired(t0 + T, T, KA), None, "the app's own 408 closes first");
+        assert_eq!(
+            a.expired(t0 + T, T, KA),
+            None,
+            "the app's own 408 closes first"
+        );
         assert_eq!(a.expired(t0 + T + BODY_GRACE, T, KA), Some(Expired::Body));
     }
 

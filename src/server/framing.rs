@@ -11,8 +11,8 @@
 
 use std::time::Instant;
 
-/// The largest head followed; actix-http refuses larger ones itself.
-const MAX_HEAD: usize = 64 * 1024;
+/// The largest head followed; actix-http refuses larger ones itself (431).
+const MAX_HEAD: usize = 128 * 1024;
 
 /// The most headers a head may have (actix-http's own limit).
 const MAX_HEADERS: usize = 96;
@@ -110,18 +110,26 @@ impl Framer {
                 }
                 State::Head { since, buf } => {
                     let since = *since;
-                    let searched = buf.len().saturating_sub(3);
                     buf.extend_from_slice(bytes);
-                    match find(&buf[searched..], b"\r\n\r\n") {
-                        None if buf.len() > MAX_HEAD => {
+                    // A head can only have ended on a line end: parse then.
+                    if !bytes.contains(&b'\n') {
+                        if buf.len() > MAX_HEAD {
+                            self.state = State::Opaque { since };
+                        }
+                        return;
+                    }
+                    match parse_head(buf, since) {
+                        Head::Partial if buf.len() > MAX_HEAD => {
                             self.state = State::Opaque { since };
                             return;
                         }
-                        None => return,
-                        Some(i) => {
-                            let end = searched + i + 4;
-                            let rest = buf.len() - end;
-                            let head = std::mem::take(buf);
+                        Head::Partial => return,
+                        Head::Refused => {
+                            self.state = State::Opaque { since };
+                            return;
+                        }
+                        Head::Done { len, next } => {
+                            let rest = buf.len() - len;
                             self.heads += 1;
                             self.starts.push_back(since);
                             if self.starts.len() > 64 {
@@ -129,7 +137,7 @@ impl Framer {
                                 // dispatcher): only the newest matter.
                                 self.starts.pop_front();
                             }
-                            self.state = body_after(&head[..end], since);
+                            self.state = next;
                             &bytes[bytes.len() - rest..]
                         }
                     }
@@ -162,14 +170,34 @@ impl Framer {
     }
 }
 
-/// What follows a complete head.
-fn body_after(head: &[u8], since: Instant) -> State {
+/// A head so far, as httparse (the parser actix-http uses) reads it.
+enum Head {
+    Partial,
+    /// Not a head actix-http will take: it answers 400 and closes.
+    Refused,
+    /// It ended after `len` bytes; `next` is what follows it.
+    Done {
+        len: usize,
+        next: State,
+    },
+}
+
+/// Reads the head in `buf`. A head actix-http will refuse (malformed,
+/// conflicting lengths) or an upgrade makes the connection opaque.
+fn parse_head(buf: &[u8], since: Instant) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    match req.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return State::Opaque { since },
-    }
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::Refused,
+    };
+    let next = body_after(&req, since);
+    Head::Done { len, next }
+}
+
+/// What follows a complete head.
+fn body_after(req: &httparse::Request<'_, '_>, since: Instant) -> State {
     if req.method == Some("CONNECT") {
         return State::Opaque { since };
     }
@@ -187,7 +215,12 @@ fn body_after(head: &[u8], since: Instant) -> State {
                 Ok(v) => chunked = v.to_ascii_lowercase().trim_end().ends_with("chunked"),
                 Err(_) => return State::Opaque { since },
             }
-        } else if h.name.eq_ignore_ascii_case("upgrade") {
+        } else if h.name.eq_ignore_ascii_case("upgrade")
+            && h.value
+                .to_ascii_lowercase()
+                .windows(9)
+                .any(|w| w == b"websocket")
+        {
             // What follows is another protocol's bytes.
             return State::Opaque { since };
         }
@@ -265,10 +298,6 @@ fn chunk_step(at: &mut Chunk, bytes: &[u8]) -> Result<(usize, bool), ()> {
     Ok((used, false))
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +345,18 @@ mod tests {
     }
 
     #[test]
+    fn bare_lf_heads_and_leading_blank_lines_are_followed_as_httparse_does() {
+        let f = fed(&[b"\r\nGET /a HTTP/1.1\nHost: x\n\nGET /b HTTP/1.1\n\n"]);
+        assert_eq!((f.heads(), f.receiving_since()), (2, None));
+        let blank = fed(&[b"\r\n\r\n"]);
+        assert_eq!(blank.heads(), 0, "blank lines are no head");
+        assert!(
+            blank.receiving_since().is_some(),
+            "and a head may still follow"
+        );
+    }
+
+    #[test]
     fn a_chunked_body_ends_with_its_last_chunk_and_trailers() {
         let mut f = fed(&[b"POST /w HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab"]);
         assert!(f.receiving_since().is_some());
@@ -337,6 +378,8 @@ mod tests {
         assert!(twice.opaque());
         let upgrade = fed(&[b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"]);
         assert!(upgrade.opaque());
+        let h2c = fed(&[b"GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n"]);
+        assert!(!h2c.opaque(), "actix-http serves it as a plain request");
         let garbage = fed(&[b"\x00\x01 nonsense\r\n\r\n"]);
         assert!(garbage.opaque());
     }

@@ -186,6 +186,7 @@ async fn worker(
     mut conns: mpsc::UnboundedReceiver<Conn>,
 ) {
     let client_timeout = settings.client_request_timeout;
+    let metrics = core.metrics.clone();
     let factory = actix_http::HttpService::build()
         .keep_alive(DISPATCHER_KEEP_ALIVE)
         // Every head, the first included, is timed by the connection's
@@ -205,9 +206,13 @@ async fn worker(
             return;
         }
     };
-    let metrics = core.metrics.clone();
     while let Some(conn) = conns.recv().await {
-        census::spawn(serve(service.clone(), conn, client_timeout, metrics.clone()));
+        census::spawn(serve(
+            service.clone(),
+            conn,
+            client_timeout,
+            metrics.clone(),
+        ));
     }
 }
 

@@ -51,7 +51,11 @@ fn a_body_that_stalls_is_answered_408_and_closed() {
     assert!(took >= Duration::from_millis(900), "{took:?}");
     assert!(took < Duration::from_millis(5000), "{took:?}");
     assert_eq!(db.count("SELECT count(*)::text FROM jobs"), 0);
-    assert_eq!(client_timeouts(&mut server), [0, 1, 0], "head, body, writes");
+    assert_eq!(
+        client_timeouts(&mut server),
+        [0, 1, 0],
+        "head, body, writes"
+    );
 }
 
 /// `drainer_client_timeouts_total` for head, body and writes.
@@ -95,7 +99,11 @@ fn a_second_head_that_stalls_is_answered_408_and_closed() {
     assert!(server
         .log()
         .contains("a request head took longer than CLIENT_REQUEST_TIMEOUT_MS"));
-    assert_eq!(client_timeouts(&mut server), [1, 0, 0], "head, body, writes");
+    assert_eq!(
+        client_timeouts(&mut server),
+        [1, 0, 0],
+        "head, body, writes"
+    );
 }
 
 #[test]
@@ -208,7 +216,11 @@ fn a_pipelining_client_that_never_reads_burns_no_cpu_and_is_closed() {
     assert!(grew < 64 * 1024, "memory grew by {grew} KiB");
     // No write progress for CLIENT_REQUEST_TIMEOUT_MS: the connection is closed.
     server.wait_for_log("its client read none of its answers for CLIENT_REQUEST_TIMEOUT_MS");
-    assert_eq!(client_timeouts(&mut server), [0, 0, 1], "head, body, writes");
+    assert_eq!(
+        client_timeouts(&mut server),
+        [0, 0, 1],
+        "head, body, writes"
+    );
     // The server still serves others.
     assert_eq!(get(server.port, "/livez").status, 200);
 }

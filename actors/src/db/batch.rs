@@ -171,6 +171,12 @@ pub(super) async fn write_batch(
         cancel_sent: false,
     };
     batch.write(&pool).await;
+    // Call-offs still on their way: a job going back to the queue is before
+    // its write again, so a called-off one is answered now, not requeued.
+    while let Ok(call) = batch.calls.try_recv() {
+        batch.apply(call);
+    }
+    batch.settle_unwritten(Instant::now());
     BatchEnd {
         ids,
         requeue: batch.requeue(),
@@ -233,7 +239,16 @@ impl Batch {
             tokio::select! {
                 biased;
                 got = &mut get => match got {
-                    Ok(conn) => return Some(conn),
+                    Ok(conn) => {
+                        // Time may have run out while it waited.
+                        let now = Instant::now();
+                        for entry in self.entries.iter_mut().filter(|e| e.open()) {
+                            if let Some(why) = entry.called_off_before_write(now) {
+                                entry.answer(Err(DbError::CalledOff(why)));
+                            }
+                        }
+                        return self.entries.iter().any(Entry::open).then_some(conn);
+                    }
                     Err(e) => {
                         let e = self.redactor.pool(e);
                         let all: Vec<usize> = (0..self.entries.len()).collect();
@@ -305,45 +320,60 @@ impl Batch {
             .redactor
             .indeterminate(format!("connection lost during the write: {why}"));
         loop {
-            let now = Instant::now();
-            for entry in self.entries.iter_mut().filter(|e| e.open()) {
-                if entry.due().is_some_and(|(at, _)| at <= now) {
-                    entry.answer(Err(unknown.clone()));
+            let attempt = look_up(
+                pool.clone(),
+                lost.clone(),
+                self.open_ids(),
+                self.redactor.clone(),
+            );
+            tokio::pin!(attempt);
+            // Call-offs and deadlines keep being heard while the attempt runs.
+            let outcome = loop {
+                let now = Instant::now();
+                for entry in self.entries.iter_mut().filter(|e| e.open()) {
+                    if entry.due().is_some_and(|(at, _)| at <= now) {
+                        entry.answer(Err(unknown.clone()));
+                    }
                 }
-            }
-            let Some(due) = self.next_due() else {
-                return;
-            };
-            let attempt = async {
-                let conn = pool.get().await.map_err(|e| self.redactor.pool(e))?;
-                look_up(&conn, lost, &self.open_ids(), &self.redactor).await
-            };
-            let outcome = tokio::select! {
-                biased;
-                outcome = attempt => outcome,
-                _ = sleep_until(due) => continue,
+                let Some(due) = self.next_due() else {
+                    return;
+                };
+                tokio::select! {
+                    biased;
+                    outcome = &mut attempt => break outcome,
+                    Some(call) = self.calls.recv() => self.apply(call),
+                    _ = sleep_until(due) => {}
+                }
             };
             match outcome {
                 Ok(found) => {
                     for entry in self.entries.iter_mut().filter(|e| e.open()) {
-                        if found.contains(&entry.job.id) {
+                        if found.stored.contains(&entry.job.id) {
                             entry.answer(Ok(()));
                         }
                     }
-                    self.settle_unwritten(Instant::now());
+                    if found.same_server {
+                        self.settle_unwritten(Instant::now());
+                    } else {
+                        // Another server now (a failover): a row missing
+                        // here may have committed on the old one and been lost.
+                        let moved = self.redactor.indeterminate(
+                            "the database server changed after the connection was lost",
+                        );
+                        for entry in self.entries.iter_mut().filter(|e| e.open()) {
+                            entry.answer(Err(moved.clone()));
+                        }
+                    }
                     return;
                 }
                 Err(e) => {
                     log::debug!("cannot find out yet what the lost write committed: {e}");
+                    let due = self.next_due().flatten();
                     tokio::select! {
                         _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
                         _ = sleep_until(due) => {}
                     }
                 }
-            }
-            // Call-offs that came meanwhile: the loop answers the due ones.
-            while let Ok(call) = self.calls.try_recv() {
-                self.apply(call);
             }
         }
     }
@@ -418,41 +448,59 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Ends the lost backend, waits until it is gone, and answers which of `ids`
-/// are stored. A backend cut off from its client may still be running the
-/// statement: a look-up before it has ended would prove nothing.
+/// What a look-up after a lost connection found.
+struct Found {
+    /// The ids that are stored.
+    stored: Vec<Uuid>,
+    /// Whether the fresh connection reached the server the lost one was on.
+    same_server: bool,
+}
+
+/// On a fresh connection: ends the lost backend, waits until it is gone, and
+/// answers which of `ids` are stored. A backend cut off from its client may
+/// still be running the statement: a look-up before it has ended would prove
+/// nothing. (Owns what it uses, so that it can run while call-offs are heard.)
 async fn look_up(
-    conn: &PgConn,
-    lost: &Backend,
-    ids: &[Uuid],
-    redactor: &Redactor,
-) -> Result<Vec<Uuid>, DbError> {
-    let same = "pid = $1 AND backend_start::text = $2";
-    conn.query(
-        &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {same}"),
-        &[&lost.pid, &lost.started],
-    )
-    .await
-    .map_err(|e| redactor.query(&e))?;
-    loop {
-        let left: i64 = conn
-            .query_one(
-                &format!("SELECT count(*) FROM pg_stat_activity WHERE {same}"),
-                &[&lost.pid, &lost.started],
-            )
-            .await
-            .map_err(|e| redactor.query(&e))?
-            .get(0);
-        if left == 0 {
-            break;
+    pool: Pool,
+    lost: Backend,
+    ids: Vec<Uuid>,
+    redactor: Redactor,
+) -> Result<Found, DbError> {
+    let conn = pool.get().await.map_err(|e| redactor.pool(e))?;
+    let same_server = conn.backend.server == lost.server;
+    if same_server {
+        // Matched by start time as well, so a new backend that reuses the
+        // pid is left alone; without one, by pid.
+        let same = "pid = $1 AND ($2 = '' OR backend_start::text = $2)";
+        conn.query(
+            &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {same}"),
+            &[&lost.pid, &lost.started],
+        )
+        .await
+        .map_err(|e| redactor.query(&e))?;
+        loop {
+            let left: i64 = conn
+                .query_one(
+                    &format!("SELECT count(*) FROM pg_stat_activity WHERE {same}"),
+                    &[&lost.pid, &lost.started],
+                )
+                .await
+                .map_err(|e| redactor.query(&e))?
+                .get(0);
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(GONE_CHECK).await;
         }
-        tokio::time::sleep(GONE_CHECK).await;
     }
     let rows = conn
         .query("SELECT id FROM jobs WHERE id = ANY($1)", &[&ids])
         .await
         .map_err(|e| redactor.query(&e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(Found {
+        stored: rows.iter().map(|r| r.get(0)).collect(),
+        same_server,
+    })
 }
 
 fn classify(result: Result<(), tokio_postgres::Error>, alone: bool) -> Ran {

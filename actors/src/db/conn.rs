@@ -25,8 +25,11 @@ use tokio_postgres::error::SqlState;
 pub(crate) struct Backend {
     /// `pg_backend_pid()`.
     pub pid: i32,
-    /// `pg_stat_activity.backend_start`, as text.
+    /// `pg_stat_activity.backend_start`, as text ('' if unknown).
     pub started: String,
+    /// Which server: its address, port and start time. A fresh connection
+    /// to another one (after a failover) cannot see the lost backend.
+    pub server: String,
 }
 
 /// A pooled connection: the client and the backend it talks to.
@@ -89,13 +92,16 @@ impl managed::Manager for PgManager {
         }
         let row = client
             .query_one(
-                "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                "SELECT pg_backend_pid(), \
+                 (SELECT backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()), \
+                 concat_ws(' ', inet_server_addr(), inet_server_port(), pg_postmaster_start_time())",
                 &[],
             )
             .await?;
         let backend = Backend {
             pid: row.get(0),
             started: row.get::<_, Option<String>>(1).unwrap_or_default(),
+            server: row.get::<_, Option<String>>(2).unwrap_or_default(),
         };
         Ok(PgConn { client, backend })
     }

@@ -124,9 +124,10 @@ pub struct InsertJob {
 
 /// Calls a job's write off. A job still waiting in the queue is answered at
 /// once ([`DbError::CalledOff`]: nothing was written); one whose batch has
-/// begun gets `grace` to commit, then its statement is cancelled in
+/// begun may commit until `at`, then its statement is cancelled in
 /// PostgreSQL and it is answered by what the cancel proved. The answer goes
-/// to the job's [`InsertJob`].
+/// to the job's [`InsertJob`]. (Sent without waiting, it may overtake its
+/// `InsertJob` in a full mailbox: then it waits for it.)
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct CancelWrite {
@@ -134,9 +135,12 @@ pub struct CancelWrite {
     pub id: Uuid,
     /// Why: what the job is answered with when nothing was written.
     pub why: CallOff,
-    /// How long a write already begun may still run.
-    pub grace: Duration,
+    /// Until when a write already begun may still run.
+    pub at: tokio::time::Instant,
 }
+
+/// The most call-offs kept for jobs not seen yet (see [`CancelWrite`]).
+const EARLY_CALL_OFFS: usize = 1024;
 
 /// Takes a job back out of the queue. Answers true if it was still waiting
 /// (it will not be written), false if its batch has begun (it will be).
@@ -199,6 +203,8 @@ pub struct DbActor {
     queue: VecDeque<Queued>,
     /// Jobs being written, and where their batch hears of a call-off.
     in_batch: HashMap<Uuid, mpsc::UnboundedSender<CallOffAt>>,
+    /// Call-offs that overtook their job's [`InsertJob`], oldest first.
+    early: VecDeque<(Uuid, CallOff)>,
     /// Batches being written now.
     writing: usize,
     /// The most batches written at once: the pool's size.
@@ -263,6 +269,7 @@ impl DbActor {
             redactor,
             queue: VecDeque::new(),
             in_batch: HashMap::new(),
+            early: VecDeque::new(),
             writing: 0,
             max_writing: settings.pool_size.max(1),
             batch_size: settings.batch_size.max(1),
@@ -406,6 +413,11 @@ impl Handler<InsertJob> for DbActor {
         if self.queue.len() >= self.queue_bound {
             return Box::pin(async { Err(DbError::Overloaded) });
         }
+        if let Some(i) = self.early.iter().position(|(id, _)| *id == msg.id) {
+            let why = self.early.remove(i).map(|(_, why)| why);
+            let why = why.unwrap_or(CallOff::RequestTimeout);
+            return Box::pin(async move { Err(DbError::CalledOff(why)) });
+        }
         let (reply, answer) = oneshot::channel();
         self.queue.push_back(Queued {
             job: Job {
@@ -434,8 +446,15 @@ impl Handler<CancelWrite> for DbActor {
             let _ = batch.send(CallOffAt {
                 id: msg.id,
                 why: msg.why,
-                at: tokio::time::Instant::now() + msg.grace,
+                at: msg.at,
             });
+        } else {
+            // Not seen yet (or already answered: then it is never looked up,
+            // and ages out).
+            if self.early.len() >= EARLY_CALL_OFFS {
+                self.early.pop_front();
+            }
+            self.early.push_back((msg.id, msg.why));
         }
     }
 }

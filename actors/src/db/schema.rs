@@ -129,7 +129,10 @@ pub(crate) async fn apply(
     };
     let tx = client.transaction().await.map_err(|e| redactor.query(&e))?;
     tx.batch_execute(&format!(
-        "SET LOCAL client_min_messages = warning; SET LOCAL lock_timeout = {}",
+        // The lock timeout bounds the waits; the session's statement timeout
+        // (made for job writes) must not cut the DDL itself.
+        "SET LOCAL client_min_messages = warning; SET LOCAL statement_timeout = 0; \
+         SET LOCAL lock_timeout = {}",
         lock_timeout.as_millis().max(1)
     ))
     .await
