@@ -96,9 +96,7 @@ fn a_second_head_that_stalls_is_answered_408_and_closed() {
     let took = closed - sent;
     assert!(took >= Duration::from_millis(900), "{took:?}");
     assert!(took < Duration::from_millis(5000), "{took:?}");
-    assert!(server
-        .log()
-        .contains("a request head took longer than CLIENT_REQUEST_TIMEOUT_MS"));
+    server.wait_for_log("a request head took longer than CLIENT_REQUEST_TIMEOUT_MS");
     assert_eq!(
         client_timeouts(&mut server),
         [1, 0, 0],
@@ -141,6 +139,38 @@ fn a_slow_but_steady_request_within_the_timeout_is_served() {
         "{}",
         String::from_utf8_lossy(&answer[..n])
     );
+}
+
+#[test]
+fn a_request_with_bare_lf_line_ends_is_not_timed_out_while_it_is_handled() {
+    let db = TestDb::create();
+    let server = Server::start(&db, &[("CLIENT_REQUEST_TIMEOUT_MS", "500")]);
+    let mut s = connect(server.port);
+    let body = br#"{"name":"lf","latency_ms":1200}"#;
+    let head = format!(
+        "POST /work HTTP/1.1\nHost: x\nContent-Type: application/json\nContent-Length: {}\n\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).expect("head");
+    s.write_all(body).expect("body");
+    let mut answer = [0u8; 512];
+    let n = s.read(&mut answer).expect("answer");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 201 Created"), "{answer}");
+    assert_eq!(
+        db.count("SELECT count(*)::text FROM jobs WHERE name = 'lf'"),
+        1
+    );
+}
+
+#[test]
+fn blank_lines_that_never_become_a_head_are_answered_408() {
+    let db = TestDb::create();
+    let server = Server::start(&db, &[("CLIENT_REQUEST_TIMEOUT_MS", "500")]);
+    let mut s = connect(server.port);
+    s.write_all(b"\r\n\r\n").expect("blank lines");
+    let (answer, _) = read_to_close(&mut s);
+    assert!(answer.starts_with(TIMED_OUT), "{answer:?}");
 }
 
 /// CPU seconds (user + system) the process has used so far.
