@@ -102,15 +102,22 @@ fn check_against_table(
     kinds
 }
 
+/// drainer reaching its database through a fault-injecting proxy.
+fn behind_a_proxy(db: &TestDb, env: &[(&str, &str)]) -> (FaultProxy, Server) {
+    let proxy = FaultProxy::start(upstream_of(&db.url));
+    let url = proxy.url(&db.url);
+    let mut all = vec![("DATABASE_URL", url.as_str())];
+    all.extend_from_slice(env);
+    let server = Server::start(db, &all);
+    (proxy, server)
+}
+
 #[test]
 fn lost_replies_and_cut_connections_are_answered_by_what_committed() {
     let db = TestDb::create();
-    let proxy = FaultProxy::start(upstream_of(&db.url));
-    let url = proxy.url(&db.url);
-    let mut server = Server::start(
+    let (proxy, mut server) = behind_a_proxy(
         &db,
         &[
-            ("DATABASE_URL", url.as_str()),
             // Shorter than the outage: some requests run out of time in it.
             ("REQUEST_TIMEOUT_MS", "2500"),
             ("DB_CONNECT_TIMEOUT_MS", "1000"),
@@ -172,15 +179,9 @@ fn lost_replies_and_cut_connections_are_answered_by_what_committed() {
 #[test]
 fn a_lost_write_is_looked_up_once_its_backend_has_ended() {
     let db = TestDb::create();
-    let proxy = FaultProxy::start(upstream_of(&db.url));
-    let url = proxy.url(&db.url);
-    let mut server = Server::start(
+    let (proxy, mut server) = behind_a_proxy(
         &db,
-        &[
-            ("DATABASE_URL", url.as_str()),
-            ("REQUEST_TIMEOUT_MS", "10000"),
-            ("DB_POOL_SIZE", "1"),
-        ],
+        &[("REQUEST_TIMEOUT_MS", "10000"), ("DB_POOL_SIZE", "1")],
     );
     // The INSERT reaches PostgreSQL and commits; its reply is lost; then the
     // connection is cut. The job is stored, so the answer must be 201.

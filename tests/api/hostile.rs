@@ -26,22 +26,9 @@ fn connect(port: u16) -> TcpStream {
 
 const TIMED_OUT: &str = "HTTP/1.1 408 Request Timeout";
 
-#[test]
-fn a_body_that_stalls_is_answered_408_and_closed() {
-    let db = TestDb::create();
-    let mut server = Server::start(
-        &db,
-        &[("CLIENT_REQUEST_TIMEOUT_MS", "1000"), ("ADMIN_PORT", "0")],
-    );
-    let mut s = connect(server.port);
-    let sent = Instant::now();
-    s.write_all(
-        b"POST /work HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-          Content-Length: 1000\r\n\r\n{\"name\":\"",
-    )
-    .expect("send");
-    let (answer, closed) = read_to_close(&mut s);
-    assert!(answer.starts_with(TIMED_OUT), "{answer}");
+/// The 408 with its JSON body, closed about a second (the timeout) after `sent`.
+fn assert_timed_out_after_a_second(answer: &str, sent: Instant, closed: Instant) {
+    assert!(answer.starts_with(TIMED_OUT), "{answer:?}");
     assert!(answer.contains("connection: close"), "{answer}");
     assert!(
         answer.ends_with(r#"{"error":"client_request_timeout"}"#),
@@ -50,6 +37,29 @@ fn a_body_that_stalls_is_answered_408_and_closed() {
     let took = closed - sent;
     assert!(took >= Duration::from_millis(900), "{took:?}");
     assert!(took < Duration::from_millis(5000), "{took:?}");
+}
+
+/// A server with a one-second client timeout and an admin listener.
+fn one_second_server(db: &TestDb) -> Server {
+    Server::start(
+        db,
+        &[("CLIENT_REQUEST_TIMEOUT_MS", "1000"), ("ADMIN_PORT", "0")],
+    )
+}
+
+#[test]
+fn a_body_that_stalls_is_answered_408_and_closed() {
+    let db = TestDb::create();
+    let mut server = one_second_server(&db);
+    let mut s = connect(server.port);
+    let sent = Instant::now();
+    s.write_all(
+        b"POST /work HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 1000\r\n\r\n{\"name\":\"",
+    )
+    .expect("send");
+    let (answer, closed) = read_to_close(&mut s);
+    assert_timed_out_after_a_second(&answer, sent, closed);
     assert_eq!(db.count("SELECT count(*)::text FROM jobs"), 0);
     assert_eq!(
         client_timeouts(&mut server),
@@ -74,10 +84,7 @@ fn client_timeouts(server: &mut Server) -> [u64; 3] {
 #[test]
 fn a_second_head_that_stalls_is_answered_408_and_closed() {
     let db = TestDb::create();
-    let mut server = Server::start(
-        &db,
-        &[("CLIENT_REQUEST_TIMEOUT_MS", "1000"), ("ADMIN_PORT", "0")],
-    );
+    let mut server = one_second_server(&db);
     let mut s = connect(server.port);
     s.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
         .expect("send");
@@ -88,14 +95,7 @@ fn a_second_head_that_stalls_is_answered_408_and_closed() {
     s.write_all(b"GET /livez HTTP/1.1\r\nHo")
         .expect("part of a second head");
     let (answer, closed) = read_to_close(&mut s);
-    assert!(answer.starts_with(TIMED_OUT), "{answer:?}");
-    assert!(
-        answer.ends_with(r#"{"error":"client_request_timeout"}"#),
-        "{answer}"
-    );
-    let took = closed - sent;
-    assert!(took >= Duration::from_millis(900), "{took:?}");
-    assert!(took < Duration::from_millis(5000), "{took:?}");
+    assert_timed_out_after_a_second(&answer, sent, closed);
     server.wait_for_log("a request head took longer than CLIENT_REQUEST_TIMEOUT_MS");
     assert_eq!(
         client_timeouts(&mut server),
