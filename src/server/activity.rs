@@ -46,8 +46,8 @@ pub struct Activity {
     framer: RefCell<Framer>,
     /// Requests the app has answered.
     answered: Cell<u64>,
-    /// Requests the app has taken and not answered yet: while any is, the
-    /// connection is never closed for its client.
+    /// Requests the app has taken and not answered yet: while any is, no
+    /// request deadline closes the connection (only `Writes` can).
     in_app: Cell<u64>,
     /// Since when writes have made no progress (the client reads nothing).
     blocked_since: Cell<Option<Instant>>,
@@ -177,10 +177,14 @@ impl Activity {
             // has the same deadline, and it answers 408 itself).
             return None;
         }
+        // Nothing is closed while an answer is still being written (a client
+        // that reads nothing is bounded by `Writes`); the 408 goes out once
+        // every answer is out.
+        if self.wrote.get() || self.blocked_since.get().is_some() {
+            return None;
+        }
         let framer = self.framer.borrow();
-        // The 408 goes out only on a connection whose every answer is out.
-        let flushed = !self.wrote.get() && self.blocked_since.get().is_none();
-        Some(if framer.in_head() && !framer.opaque() && flushed {
+        Some(if framer.in_head() && !framer.opaque() {
             Expired::Head
         } else {
             Expired::Body

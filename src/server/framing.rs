@@ -110,6 +110,18 @@ impl Framer {
                 }
                 State::Head { since, buf } => {
                     let since = *since;
+                    if buf.is_empty() {
+                        // Blank lines before a head (httparse skips them):
+                        // not kept, so a client dripping them costs nothing.
+                        let blank = bytes
+                            .iter()
+                            .take_while(|&&b| b == b'\r' || b == b'\n')
+                            .count();
+                        bytes = &bytes[blank..];
+                        if bytes.is_empty() {
+                            return;
+                        }
+                    }
                     buf.extend_from_slice(bytes);
                     // A head can only have ended on a line end: parse then.
                     if !bytes.contains(&b'\n') {
@@ -216,10 +228,7 @@ fn body_after(req: &httparse::Request<'_, '_>, since: Instant) -> State {
                 Err(_) => return State::Opaque { since },
             }
         } else if h.name.eq_ignore_ascii_case("upgrade")
-            && h.value
-                .to_ascii_lowercase()
-                .windows(9)
-                .any(|w| w == b"websocket")
+            && value.is_ok_and(|v| v.eq_ignore_ascii_case("websocket"))
         {
             // What follows is another protocol's bytes.
             return State::Opaque { since };

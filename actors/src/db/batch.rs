@@ -471,7 +471,8 @@ async fn look_up(
     if same_server {
         // Matched by start time as well, so a new backend that reuses the
         // pid is left alone; without one, by pid.
-        let same = "pid = $1 AND ($2 = '' OR backend_start::text = $2)";
+        let same = "pid = $1 AND ($2 = '' OR backend_start::text = $2) \
+                    AND pid <> pg_backend_pid()";
         conn.query(
             &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {same}"),
             &[&lost.pid, &lost.started],

@@ -140,7 +140,7 @@ pub struct CancelWrite {
 }
 
 /// The most call-offs kept for jobs not seen yet (see [`CancelWrite`]).
-const EARLY_CALL_OFFS: usize = 1024;
+const EARLY_CALL_OFFS: usize = 16 * 1024;
 
 /// Takes a job back out of the queue. Answers true if it was still waiting
 /// (it will not be written), false if its batch has begun (it will be).
@@ -410,13 +410,13 @@ impl Handler<InsertJob> for DbActor {
     /// Queues the job (or refuses it when the queue is full) and starts a
     /// batch if a connection is free; answers once its batch committed.
     fn handle(&mut self, msg: InsertJob, ctx: &mut Context<Self>) -> Self::Result {
-        if self.queue.len() >= self.queue_bound {
-            return Box::pin(async { Err(DbError::Overloaded) });
-        }
         if let Some(i) = self.early.iter().position(|(id, _)| *id == msg.id) {
             let why = self.early.remove(i).map(|(_, why)| why);
             let why = why.unwrap_or(CallOff::RequestTimeout);
             return Box::pin(async move { Err(DbError::CalledOff(why)) });
+        }
+        if self.queue.len() >= self.queue_bound {
+            return Box::pin(async { Err(DbError::Overloaded) });
         }
         let (reply, answer) = oneshot::channel();
         self.queue.push_back(Queued {
