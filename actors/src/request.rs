@@ -74,33 +74,47 @@ enum Stop {
     Declined,
 }
 
+/// Resolves at `deadline`; never without one.
+async fn passed(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => pending().await,
+    }
+}
+
+/// Resolves once a drain has begun; never without a phase to watch.
+async fn drain_begun(drain: Option<&mut watch::Receiver<Phase>>) {
+    match drain {
+        Some(phase) => {
+            if phase.wait_for(|p| !p.is_active()).await.is_err() {
+                pending::<()>().await;
+            }
+        }
+        None => pending().await,
+    }
+}
+
 /// Resolves when the work should stop at its next safe point.
 async fn stop_signal(
     permit: &mut Permit,
     deadline: Option<Instant>,
-    drain: Option<watch::Receiver<Phase>>,
+    mut drain: Option<watch::Receiver<Phase>>,
 ) -> Stop {
-    let timed_out = async {
-        match deadline {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => pending().await,
-        }
-    };
-    let drain_begun = async {
-        match drain {
-            Some(mut phase) => {
-                if phase.wait_for(|p| !p.is_active()).await.is_err() {
-                    pending::<()>().await;
-                }
-            }
-            None => pending().await,
-        }
-    };
     tokio::select! {
         biased;
         reason = permit.cancelled() => Stop::Cancelled(reason),
-        _ = timed_out => Stop::TimedOut,
-        _ = drain_begun => Stop::Declined,
+        _ = passed(deadline) => Stop::TimedOut,
+        _ = drain_begun(drain.as_mut()) => Stop::Declined,
+    }
+}
+
+impl From<CallOff> for Stop {
+    /// A write called off stopped where a safe point would have.
+    fn from(why: CallOff) -> Self {
+        match why {
+            CallOff::Cut(reason) => Stop::Cancelled(reason),
+            CallOff::RequestTimeout => Stop::TimedOut,
+        }
     }
 }
 
@@ -178,22 +192,7 @@ impl Handler<Process> for RequestActor {
             let (mut cut_sent, mut timeout_sent) = (false, deadline.is_none());
             let mut drain = drain;
             let written = loop {
-                let timed_out = async {
-                    match deadline {
-                        Some(at) if !timeout_sent => tokio::time::sleep_until(at).await,
-                        _ => pending().await,
-                    }
-                };
-                let drain_begun = async {
-                    match drain.as_mut() {
-                        Some(phase) => {
-                            if phase.wait_for(|p| !p.is_active()).await.is_err() {
-                                pending::<()>().await;
-                            }
-                        }
-                        None => pending().await,
-                    }
-                };
+                let timed_out = passed(deadline.filter(|_| !timeout_sent));
                 tokio::select! {
                     biased;
                     written = &mut write => break written?,
@@ -208,7 +207,7 @@ impl Handler<Process> for RequestActor {
                         let why = CallOff::RequestTimeout;
                         db.do_send(CancelWrite { id, why, at: Instant::now() });
                     }
-                    _ = drain_begun => {
+                    _ = drain_begun(drain.as_mut()) => {
                         // Cancellable work is declined only before its write.
                         if db.send(WithdrawJob { id }).await? {
                             return Err(WorkError::Declined);
@@ -219,12 +218,8 @@ impl Handler<Process> for RequestActor {
             };
             let job = match written {
                 Ok(job) => job,
-                Err(DbError::CalledOff(CallOff::Cut(reason))) => {
-                    permit.mark_cancelled();
-                    return Err(WorkError::Cancelled(reason));
-                }
-                Err(DbError::CalledOff(CallOff::RequestTimeout)) => {
-                    return Err(WorkError::TimedOut)
+                Err(DbError::CalledOff(why)) => {
+                    return Err(Stop::from(why).into_error(&mut permit));
                 }
                 Err(e) => return Err(WorkError::Db(e)),
             };

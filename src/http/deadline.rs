@@ -42,9 +42,12 @@ pub async fn client_deadline(
         .map(|s| s.client_request_timeout);
     if let (Some(activity), Some(timeout)) = (&activity, timeout) {
         let began = activity.request_started().unwrap_or_else(Instant::now);
-        let body = req.take_payload();
-        req.set_payload(Payload::from(Box::pin(Deadline::new(body, began, timeout))
-            as Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>));
+        // A request without a body (every probe) has nothing to bound.
+        match req.take_payload() {
+            Payload::None => {}
+            body => req.set_payload(Payload::from(Box::pin(Deadline::new(body, began, timeout))
+                as Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>)),
+        }
     }
     let metrics = req
         .app_data::<web::Data<Core>>()

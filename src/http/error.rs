@@ -93,11 +93,16 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        res.json(serde_json::json!({ "error": self.to_string() }))
+        res.json(self.body())
     }
 }
 
 impl ApiError {
+    /// The JSON body every error answers with.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({ "error": self.to_string() })
+    }
+
     /// Its `drainer_requests_total{outcome}` label.
     pub fn outcome(&self) -> &'static str {
         match self {

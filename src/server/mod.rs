@@ -217,10 +217,22 @@ async fn worker(
 }
 
 /// The answer to a request head that took longer than
-/// `CLIENT_REQUEST_TIMEOUT_MS`, written by the serve loop itself: the
-/// dispatcher never saw the request.
-const HEAD_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
-content-length: 34\r\nconnection: close\r\n\r\n{\"error\":\"client_request_timeout\"}";
+/// `CLIENT_REQUEST_TIMEOUT_MS`, written by the serve loop itself (the
+/// dispatcher never saw the request): the same 408 the app gives a body that
+/// stalls, with `Connection: close`.
+fn head_timeout_answer() -> Vec<u8> {
+    let error = http::error::ApiError::ClientTimeout;
+    let status = actix_web::ResponseError::status_code(&error);
+    let body = error.body().to_string();
+    format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or_default(),
+        body.len()
+    )
+    .into_bytes()
+}
 
 /// Serves one connection until it closes, the coordinator closes it, or its
 /// client runs out of time (`client_timeout` for each request, and for
@@ -316,7 +328,7 @@ fn answer_timed_out_head(socket: std::net::TcpStream) {
     use std::io::{Read, Write};
     let _ = socket.set_nonblocking(true);
     let mut socket = socket;
-    let _ = socket.write_all(HEAD_TIMEOUT);
+    let _ = socket.write_all(&head_timeout_answer());
     let _ = socket.shutdown(std::net::Shutdown::Write);
     let mut sink = [0u8; 4096];
     while let Ok(n) = socket.read(&mut sink) {

@@ -98,10 +98,11 @@ impl Entry {
     /// When, and why, this job's write is to be cancelled.
     fn due(&self) -> Option<(Instant, CallOff)> {
         let timeout = self.deadline.map(|at| (at, CallOff::RequestTimeout));
-        match (timeout, self.call_off.map(|(why, at)| (at, why))) {
-            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-            (a, b) => a.or(b),
-        }
+        let cut = self.call_off.map(|(why, at)| (at, why));
+        [timeout, cut]
+            .into_iter()
+            .flatten()
+            .min_by_key(|&(at, _)| at)
     }
 
     /// Why this job is called off before its write — at once, whatever the
@@ -229,30 +230,19 @@ impl Batch {
         let get = pool.get();
         tokio::pin!(get);
         loop {
-            let now = Instant::now();
-            for entry in self.entries.iter_mut().filter(|e| e.open()) {
-                if let Some(why) = entry.called_off_before_write(now) {
-                    entry.answer(Err(DbError::CalledOff(why)));
-                }
-            }
+            self.settle_unwritten(Instant::now());
             let due = self.next_due()?;
             tokio::select! {
                 biased;
                 got = &mut get => match got {
                     Ok(conn) => {
                         // Time may have run out while it waited.
-                        let now = Instant::now();
-                        for entry in self.entries.iter_mut().filter(|e| e.open()) {
-                            if let Some(why) = entry.called_off_before_write(now) {
-                                entry.answer(Err(DbError::CalledOff(why)));
-                            }
-                        }
+                        self.settle_unwritten(Instant::now());
                         return self.entries.iter().any(Entry::open).then_some(conn);
                     }
                     Err(e) => {
                         let e = self.redactor.pool(e);
-                        let all: Vec<usize> = (0..self.entries.len()).collect();
-                        self.answer(&all, || Err(e.clone()));
+                        self.answer_open(&e);
                         return None;
                     }
                 },
@@ -269,13 +259,9 @@ impl Batch {
         let alone = rows.len() == 1;
         let statement = insert(conn, &rows);
         tokio::pin!(statement);
+        // The open jobs are exactly the statement's `jobs`.
         loop {
-            let due = jobs
-                .iter()
-                .filter(|&&i| self.entries[i].open())
-                .filter_map(|&i| self.entries[i].due())
-                .map(|(at, _)| at)
-                .min();
+            let due = self.next_due().flatten();
             tokio::select! {
                 biased;
                 result = &mut statement => break classify(result, alone),
@@ -294,14 +280,9 @@ impl Batch {
                         Err(_) => "the cancel could not be sent in time".to_string(),
                     };
                     log::warn!("a write ran past its deadline and {why}");
-                    let now = Instant::now();
-                    for &i in jobs {
-                        let entry = &mut self.entries[i];
-                        if entry.open() && entry.due().is_some_and(|(at, _)| at <= now) {
-                            entry.answer(Err(self.redactor.indeterminate(&why)));
-                        }
-                    }
-                    if !jobs.iter().any(|&i| self.entries[i].open()) {
+                    let unknown = self.redactor.indeterminate(&why);
+                    self.answer_due(Instant::now(), &unknown);
+                    if !self.entries.iter().any(Entry::open) {
                         break Ran::Abandoned;
                     }
                 }
@@ -329,12 +310,7 @@ impl Batch {
             tokio::pin!(attempt);
             // Call-offs and deadlines keep being heard while the attempt runs.
             let outcome = loop {
-                let now = Instant::now();
-                for entry in self.entries.iter_mut().filter(|e| e.open()) {
-                    if entry.due().is_some_and(|(at, _)| at <= now) {
-                        entry.answer(Err(unknown.clone()));
-                    }
-                }
+                self.answer_due(Instant::now(), &unknown);
                 let Some(due) = self.next_due() else {
                     return;
                 };
@@ -360,9 +336,7 @@ impl Batch {
                         let moved = self.redactor.indeterminate(
                             "the database server changed after the connection was lost",
                         );
-                        for entry in self.entries.iter_mut().filter(|e| e.open()) {
-                            entry.answer(Err(moved.clone()));
-                        }
+                        self.answer_open(&moved);
                     }
                     return;
                 }
@@ -422,6 +396,22 @@ impl Batch {
         }
     }
 
+    /// Answers `error` to every open job.
+    fn answer_open(&mut self, error: &DbError) {
+        for entry in self.entries.iter_mut().filter(|e| e.open()) {
+            entry.answer(Err(error.clone()));
+        }
+    }
+
+    /// Answers `error` to every open job whose time has run out by `now`.
+    fn answer_due(&mut self, now: Instant, error: &DbError) {
+        for entry in self.entries.iter_mut().filter(|e| e.open()) {
+            if entry.due().is_some_and(|(at, _)| at <= now) {
+                entry.answer(Err(error.clone()));
+            }
+        }
+    }
+
     fn open_ids(&self) -> Vec<Uuid> {
         self.entries
             .iter()
@@ -432,11 +422,9 @@ impl Batch {
 
     /// The earliest due time among the open jobs; `None` when none is open.
     fn next_due(&self) -> Option<Option<Instant>> {
-        let open: Vec<&Entry> = self.entries.iter().filter(|e| e.open()).collect();
-        if open.is_empty() {
-            return None;
-        }
-        Some(open.iter().filter_map(|e| e.due()).map(|(at, _)| at).min())
+        let mut open = self.entries.iter().filter(|e| e.open()).peekable();
+        open.peek()?;
+        Some(open.filter_map(Entry::due).map(|(at, _)| at).min())
     }
 }
 

@@ -370,6 +370,12 @@ impl Actor for DbActor {
 // ----------------------------------------------------------------------------
 
 impl DbActor {
+    /// Takes a job out of the queue, if it is still waiting there.
+    fn take_waiting(&mut self, id: Uuid) -> Option<Queued> {
+        let i = self.queue.iter().position(|q| q.job.id == id)?;
+        self.queue.remove(i)
+    }
+
     /// Starts batches while connections are free and jobs are waiting.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
         while self.writing < self.max_writing && !self.queue.is_empty() {
@@ -410,9 +416,8 @@ impl Handler<InsertJob> for DbActor {
     /// Queues the job (or refuses it when the queue is full) and starts a
     /// batch if a connection is free; answers once its batch committed.
     fn handle(&mut self, msg: InsertJob, ctx: &mut Context<Self>) -> Self::Result {
-        if let Some(i) = self.early.iter().position(|(id, _)| *id == msg.id) {
-            let why = self.early.remove(i).map(|(_, why)| why);
-            let why = why.unwrap_or(CallOff::RequestTimeout);
+        let early = self.early.iter().position(|(id, _)| *id == msg.id);
+        if let Some((_, why)) = early.and_then(|i| self.early.remove(i)) {
             return Box::pin(async move { Err(DbError::CalledOff(why)) });
         }
         if self.queue.len() >= self.queue_bound {
@@ -438,10 +443,8 @@ impl Handler<CancelWrite> for DbActor {
 
     /// Answers a waiting job at once; tells a job's batch when to cancel it.
     fn handle(&mut self, msg: CancelWrite, _: &mut Context<Self>) {
-        if let Some(i) = self.queue.iter().position(|q| q.job.id == msg.id) {
-            if let Some(q) = self.queue.remove(i) {
-                let _ = q.reply.send(Err(DbError::CalledOff(msg.why)));
-            }
+        if let Some(q) = self.take_waiting(msg.id) {
+            let _ = q.reply.send(Err(DbError::CalledOff(msg.why)));
         } else if let Some(batch) = self.in_batch.get(&msg.id) {
             let _ = batch.send(CallOffAt {
                 id: msg.id,
@@ -464,13 +467,7 @@ impl Handler<WithdrawJob> for DbActor {
 
     /// Removes a job that is still waiting; a job being written stays.
     fn handle(&mut self, msg: WithdrawJob, _: &mut Context<Self>) -> bool {
-        match self.queue.iter().position(|q| q.job.id == msg.id) {
-            Some(i) => {
-                self.queue.remove(i);
-                true
-            }
-            None => false,
-        }
+        self.take_waiting(msg.id).is_some()
     }
 }
 
