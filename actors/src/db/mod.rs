@@ -181,8 +181,17 @@ pub struct Beat;
 #[rtype(result = "Result<(), DbError>")]
 pub struct Ping;
 
-/// How long a [`Ping`] may take.
+/// How long a [`Ping`] (or a [`Beat`]) may take.
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `work`, or an error once [`PING_TIMEOUT`] has passed.
+async fn within_ping_time(
+    work: impl std::future::Future<Output = Result<(), DbError>>,
+) -> Result<(), DbError> {
+    tokio::time::timeout(PING_TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| Err(DbError::Query("the database did not answer in time".into())))
+}
 
 /// Closes the pool. Sent once, after the drain.
 #[derive(Debug, Message)]
@@ -553,10 +562,7 @@ impl Handler<Ping> for DbActor {
                     .map(|_| ())
                     .map_err(|e| redactor.query(&e))
             };
-            match tokio::time::timeout(PING_TIMEOUT, ping).await {
-                Ok(answer) => answer,
-                Err(_) => Err(DbError::Query("the database did not answer in time".into())),
-            }
+            within_ping_time(ping).await
         })
     }
 }
@@ -581,10 +587,7 @@ impl Handler<Beat> for DbActor {
                     .map(|_| ())
                     .map_err(|e| redactor.query(&e))
             };
-            match tokio::time::timeout(PING_TIMEOUT, beat).await {
-                Ok(answer) => answer,
-                Err(_) => Err(DbError::Query("the database did not answer in time".into())),
-            }
+            within_ping_time(beat).await
         })
     }
 }
