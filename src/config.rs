@@ -36,8 +36,7 @@ Exit codes:
   2  start-up failed (invalid configuration, port in use, database unreachable or
      still starting up, a schema change blocked by a lock)";
 
-/// A prestop waits `SHUTDOWN_DELAY_MS`, or this long when that is 0 (ms).
-pub const PRESTOP_DEFAULT_DELAY_MS: u64 = 5_000;
+use drainer_engine::supervisor::defaults;
 
 /// drainer: an HTTP service that drains in-flight work on shutdown and loses nothing.
 #[derive(Debug, Parser)]
@@ -64,19 +63,19 @@ pub struct Config {
     pub instance_host: Option<String>,
 
     /// Once the listener has closed, how long in-flight requests may still run before they are cancelled (ms).
-    #[arg(long, env = "DRAIN_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "DRAIN_TIMEOUT_MS", default_value_t = defaults::DRAIN_TIMEOUT_MS)]
     pub drain_timeout_ms: u64,
 
     /// After a shutdown signal, how long to keep serving (health answers 503) before closing the listener (ms).
-    #[arg(long, env = "SHUTDOWN_DELAY_MS", default_value_t = 0)]
+    #[arg(long, env = "SHUTDOWN_DELAY_MS", default_value_t = defaults::SHUTDOWN_DELAY_MS)]
     pub shutdown_delay_ms: u64,
 
     /// The whole shutdown's budget, from the prestop or the first signal; start-up refuses phases that cannot fit (ms).
-    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 45_000)]
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = defaults::SHUTDOWN_TIMEOUT_MS)]
     pub shutdown_timeout_ms: u64,
 
     /// The own deadline of each shutdown phase other than the delay and the drain (ms).
-    #[arg(long, env = "SHUTDOWN_PHASE_TIMEOUT_MS", default_value_t = 1_500)]
+    #[arg(long, env = "SHUTDOWN_PHASE_TIMEOUT_MS", default_value_t = defaults::SHUTDOWN_PHASE_TIMEOUT_MS)]
     pub shutdown_phase_timeout_ms: u64,
 
     /// How often the instance's ServerInstance.last_seen_at is stamped (ms).
@@ -108,7 +107,7 @@ pub struct Config {
     pub db_connect_timeout_ms: u64,
 
     /// How long connections may stay open, idle, after the listener closed before they are closed (ms).
-    #[arg(long, env = "IDLE_CLOSE_GRACE_MS", default_value_t = 100)]
+    #[arg(long, env = "IDLE_CLOSE_GRACE_MS", default_value_t = defaults::IDLE_CLOSE_GRACE_MS)]
     pub idle_close_grace_ms: u64,
 
     /// HTTP worker threads besides the main thread; 0 serves HTTP on the main thread, beside the actors [default: CPUs - 2, at least 0].
@@ -149,22 +148,23 @@ impl Config {
         Duration::from_millis(self.shutdown_delay_ms)
     }
 
-    /// The shutdown settings for a transport whose delay is `shutdown_delay`.
-    pub fn shutdown(&self, shutdown_delay: Duration) -> drainer_actors::ShutdownSettings {
-        let prestop = match self.shutdown_delay_ms {
-            0 => PRESTOP_DEFAULT_DELAY_MS,
-            ms => ms,
-        };
-        drainer_actors::ShutdownSettings {
-            shutdown_delay,
-            prestop_delay: Duration::from_millis(prestop),
-            drain_timeout: self.drain_timeout(),
-            idle_grace: self.idle_close_grace(),
-            budget: Some(Duration::from_millis(self.shutdown_timeout_ms)),
-            phase_timeout: Duration::from_millis(self.shutdown_phase_timeout_ms),
-            heartbeat: Duration::from_millis(self.heartbeat_ms),
+    /// The engine's shutdown settings, from the flags and variables.
+    pub fn shutdown(&self) -> drainer_engine::ShutdownSettings {
+        let settings = drainer_engine::ShutdownSettings::default()
+            .shutdown_delay(self.shutdown_delay())
+            .drain_timeout(self.drain_timeout())
+            .idle_grace(self.idle_close_grace())
+            .budget(Some(Duration::from_millis(self.shutdown_timeout_ms)))
+            .phase_timeout(Duration::from_millis(self.shutdown_phase_timeout_ms));
+        drainer_engine::ShutdownSettings {
             stalled_phase: self.test_stall_phase.clone(),
+            ..settings
         }
+    }
+
+    /// How often the heartbeat stamps `last_seen_at`.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
     }
 
     /// The database connect timeout.

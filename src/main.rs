@@ -1,5 +1,5 @@
 //! `drainer`: see the README, or `drainer --help`.
 
-fn main() {
-    std::process::exit(drainer::startup::run());
+fn main() -> std::process::ExitCode {
+    drainer::startup::run()
 }

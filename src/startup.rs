@@ -1,28 +1,25 @@
-//! Start-up: signals first, then configuration, the port, the database, and
-//! the actors. Every failure here is exit code 2 with one line on stderr.
+//! Start-up: signals first (the engine's `main`), then configuration, the
+//! port, the database, and the engine. Every failure here is exit code 2
+//! with one line on stderr.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use actix::Actor;
 use clap::error::ErrorKind;
 use clap::Parser;
-use drainer_actors::{
-    census, phase, Components, DbActor, DbError, DbSettings, Metrics, Signals, Supervisor,
-};
+use drainer_engine::{Engine, Report, Server, ShutdownSignal, Signals, StartError, Telemetry};
 use futures_util::StreamExt;
 use log::info;
 
 use crate::config::Config;
-use crate::telemetry::Telemetry;
-use crate::{admin, server};
+use crate::http::{Jobs, Outcomes};
+use crate::jobs::db::{DbActor, DbError, DbSettings, Ping};
 
 /// How much longer than `REQUEST_TIMEOUT_MS` a statement may run before
 /// PostgreSQL ends it by itself.
 const STATEMENT_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
-
-/// Exit code of a start-up failure.
-pub const EXIT_STARTUP: i32 = 2;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -53,79 +50,41 @@ pub enum StartupError {
     /// The database is unreachable or refused us.
     #[error("{0}")]
     Database(DbError),
-    /// The signal handlers could not be installed.
-    #[error("cannot install signal handlers: {0}")]
-    Signals(io::Error),
-}
-
-/// How start-up ended, when it did not fail.
-enum Started {
-    /// Serving; the Supervisor owns the shutdown now.
-    Serving,
-    /// A shutdown signal came before anything was served.
-    Interrupted(drainer_actors::ShutdownSignal),
+    /// The engine could not start.
+    #[error("{0}")]
+    Engine(StartError),
 }
 
 /// Runs drainer from the command line; answers the process exit code.
-pub fn run() -> i32 {
-    let system = actix_rt::System::new();
-    // First of all: from here on a SIGTERM is queued for the Supervisor
-    // instead of killing the process.
-    let signals = match system.block_on(async { Signals::install() }) {
-        Ok(signals) => signals,
-        Err(e) => return fail(StartupError::Signals(e)),
-    };
+pub fn run() -> std::process::ExitCode {
+    drainer_engine::main(start)
+}
+
+/// Everything after the signals.
+async fn start(signals: Signals) -> Result<Report, StartupError> {
     let config = match Config::try_parse() {
         Ok(config) => config,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             let _ = e.print();
-            return 0;
+            return Ok(Report::nothing_to_do());
         }
         Err(e) => {
             // clap's message, without its usage hints: one line.
             let text = e.to_string();
             let line = text.lines().next().unwrap_or("invalid arguments");
             let line = line.trim_start_matches("error: ");
-            return fail(StartupError::Config(line.to_string()));
+            return Err(StartupError::Config(line.to_string()));
         }
     };
     init_logging();
-    let telemetry = match Telemetry::from_env() {
-        Ok(telemetry) => telemetry,
-        Err(e) => return fail(StartupError::Config(e)),
-    };
-    let started = if config.stdin {
-        system.block_on(async { start_stdin(&config, signals, &telemetry) })
+    let telemetry = Telemetry::from_env().map_err(StartupError::Config)?;
+    let report = if config.stdin {
+        start_stdin(&config, signals, &telemetry).await
     } else {
-        system.block_on(start(config, signals, &telemetry))
-    };
-    match started {
-        Ok(Started::Serving) => {}
-        Ok(Started::Interrupted(signal)) => {
-            info!("{signal} during start-up: stopping before serving anything");
-            info!("exited with code 0");
-            return 0;
-        }
-        Err(e) => return fail(e),
-    }
-    let code = match system.run_with_code() {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("drainer: the actor system failed: {e}");
-            1
-        }
+        serve(config, signals, &telemetry).await
     };
     telemetry.shutdown();
-    // Every actor stopped itself and every task ended before the System
-    // stopped, or it is counted here.
-    info!("leak check: {}", census::alive());
-    info!("exited with code {code}");
-    code
-}
-
-fn fail(e: StartupError) -> i32 {
-    eprintln!("drainer: {e}");
-    EXIT_STARTUP
+    report
 }
 
 fn init_logging() {
@@ -134,38 +93,37 @@ fn init_logging() {
         .init();
 }
 
-/// Launches the actors with the stdin transport: no database, no port, and
-/// no shutdown delay (there is no load balancer to tell).
-fn start_stdin(
+/// The stdin transport on the engine: no database, no port, and no shutdown
+/// delay (there is no load balancer to tell).
+async fn start_stdin(
     config: &Config,
     signals: Signals,
     telemetry: &Telemetry,
-) -> Result<Started, StartupError> {
+) -> Result<Report, StartupError> {
     // No budget: the drain deadline (DRAIN_TIMEOUT_MS or tcp_shutdown's)
     // alone bounds the work, and the phases after the drain are instant.
-    let shutdown = drainer_actors::ShutdownSettings {
-        budget: None,
-        ..config.shutdown(std::time::Duration::ZERO)
+    let settings = drainer_engine::ShutdownSettings {
+        shutdown_delay: Duration::ZERO,
+        ..config.shutdown().budget(None)
     };
     let drain_timeout = config.drain_timeout();
-    let components = Components {
-        db: None,
-        metrics: Metrics::new(&phase::ALL),
-        flush_telemetry: telemetry.flusher(),
-    };
-    Supervisor::launch(shutdown, components, signals, |core, _| {
-        crate::stdin::node::start(core, drain_timeout)
-    });
+    let mut engine = Engine::new(settings);
+    engine.signals(signals);
+    engine.on_stop("flush_telemetry", telemetry.flush_hook());
+    engine.metrics().know_phases(&engine.plan().names());
     info!("speaking the node protocol on stdin and stdout");
-    Ok(Started::Serving)
+    engine
+        .run(|core| crate::stdin::node::start(core, drain_timeout))
+        .await
+        .map_err(StartupError::Engine)
 }
 
-/// Binds the ports, opens the database, registers, and launches the actors.
-async fn start(
+/// Binds the ports, opens the database, registers, and serves.
+async fn serve(
     config: Config,
     mut signals: Signals,
     telemetry: &Telemetry,
-) -> Result<Started, StartupError> {
+) -> Result<Report, StartupError> {
     let url = config
         .database_url
         .clone()
@@ -183,27 +141,35 @@ async fn start(
     settings
         .check()
         .map_err(|e| StartupError::Config(e.to_string()))?;
-    let shutdown = config.shutdown(config.shutdown_delay());
-    shutdown
-        .check_budget(true, config.admin_port.is_some())
-        .map_err(|e| StartupError::Config(e.to_string()))?;
     let addr = SocketAddr::new(config.bind_address, config.port);
     // The port first: a second instance that cannot have it must never touch
     // the live instance's ServerInstance row.
-    let listener = server::listener::bind(addr).map_err(|source| match source.kind() {
+    let listener = drainer_engine::bind(addr).map_err(|source| match source.kind() {
         io::ErrorKind::AddrInUse => StartupError::PortInUse { port: config.port },
         _ => StartupError::Bind { addr, source },
     })?;
     let local = listener
         .local_addr()
         .map_err(|source| StartupError::Bind { addr, source })?;
-    let listener = tokio::net::TcpListener::from_std(listener)
-        .map_err(|source| StartupError::Bind { addr, source })?;
     // Then the admin port, so an error names the port that failed.
-    let admin_listener = match config.admin_port {
+    let admin = match config.admin_port {
         None => None,
-        Some(port) => Some(bind_admin(SocketAddr::new(config.admin_bind, port)).await?),
+        Some(port) => Some(bind_admin(SocketAddr::new(config.admin_bind, port))?),
     };
+
+    // The phases, checked against the budget before the database is touched.
+    let mut engine = Engine::new(config.shutdown());
+    if let Some(admin) = admin {
+        engine.admin(admin);
+    }
+    let names = ["close_database", "flush_telemetry", "stop_background"];
+    let plan = drainer_engine::StopPlan::new(
+        engine.settings(),
+        engine.has_admin(),
+        names.iter().map(|&n| (n, engine.settings().phase_timeout)),
+    );
+    plan.check_budget()
+        .map_err(|e| StartupError::Config(e.to_string()))?;
 
     let host = config.instance_host();
     let db = tokio::select! {
@@ -211,43 +177,56 @@ async fn start(
             DbError::InvalidUrl => StartupError::Config(e.to_string()),
             e => StartupError::Database(e),
         })?,
-        Some(signal) = signals.next() => return Ok(Started::Interrupted(signal)),
+        Some(signal) = signals.next() => return Ok(interrupted(signal)),
     };
+    let db = db.counted_in(engine.census().clone()).start();
 
-    let workers = config.worker_count();
-    let http_settings = crate::http::HttpSettings {
+    // In order of start: the database first, so it closes last.
+    engine.signals(signals);
+    engine.own(db.clone());
+    crate::jobs::register_database(&mut engine, db.clone());
+    engine.on_stop("flush_telemetry", telemetry.flush_hook());
+    crate::jobs::start_heartbeat(&mut engine, db.clone(), config.heartbeat());
+    debug_assert_eq!(engine.plan(), plan, "one plan: checked and run");
+    engine.metrics().know_phases(&engine.plan().names());
+
+    let outcomes = Outcomes::register(engine.metrics())
+        .map_err(|e| StartupError::Config(format!("metrics: {e}")))?;
+    let jobs = Jobs {
+        db: db.clone(),
+        outcomes: outcomes.clone(),
+        census: engine.census().clone(),
         request_timeout: config.request_timeout(),
-        client_request_timeout: config.client_request_timeout(),
     };
-    let phase_timeout = shutdown.phase_timeout;
-    let components = Components {
-        db: Some(db),
-        metrics: Metrics::new(&phase::ALL),
-        flush_telemetry: telemetry.flusher(),
-    };
-    Supervisor::launch(shutdown, components, signals, |core, lifecycle| {
-        if let Some((admin_listener, admin_addr)) = admin_listener {
-            admin::start(admin_listener, core, lifecycle, phase_timeout);
-            info!("admin listener on {admin_addr} (/metrics, /admin/prestop)");
-        }
-        server::start(listener, core, http_settings, workers)
-    });
-    info!("listening on {local} with {workers} worker(s)");
-    Ok(Started::Serving)
+    let workers = config.worker_count();
+    let mut server = Server::new(move || crate::http::app(jobs.clone()))
+        .workers(workers)
+        .client_request_timeout(config.client_request_timeout())
+        .readiness("database", move || {
+            let db = db.clone();
+            Box::pin(async move {
+                match db.send(Ping).await {
+                    Ok(answer) => answer.map_err(|e| e.to_string()),
+                    Err(_) => Err("the database actor is gone".to_string()),
+                }
+            })
+        })
+        .on_engine_answer(move |_, path, answer| outcomes.engine_answered(path, answer))
+        .listen(listener);
+    *server.engine() = engine;
+    server.run().await.map_err(StartupError::Engine)
 }
 
-/// Binds the admin listener; answers it and the address it got.
-async fn bind_admin(
-    addr: SocketAddr,
-) -> Result<(tokio::net::TcpListener, SocketAddr), StartupError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| match source.kind() {
-            io::ErrorKind::AddrInUse => StartupError::AdminPortInUse { port: addr.port() },
-            _ => StartupError::Bind { addr, source },
-        })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| StartupError::Bind { addr, source })?;
-    Ok((listener, local))
+/// A shutdown signal before anything was served: stop, exit 0.
+fn interrupted(signal: ShutdownSignal) -> Report {
+    info!("{signal} during start-up: stopping before serving anything");
+    Report::before_serving(signal)
+}
+
+/// Binds the admin listener.
+fn bind_admin(addr: SocketAddr) -> Result<std::net::TcpListener, StartupError> {
+    std::net::TcpListener::bind(addr).map_err(|source| match source.kind() {
+        io::ErrorKind::AddrInUse => StartupError::AdminPortInUse { port: addr.port() },
+        _ => StartupError::Bind { addr, source },
+    })
 }

@@ -1,51 +1,46 @@
-//! The census: how many actors and spawned tasks are still alive.
+//! The census: how many actors and spawned tasks of one engine are still alive.
 //!
-//! Every drainer actor reports its `started` and `stopped` here
-//! ([`actor_started`], [`actor_stopped`]), and every task drainer spawns goes
-//! through [`spawn`], which counts it until its future completes. An actor
+//! Every actor the engine (or the app, through the same [`Census`]) starts
+//! reports its `started` and `stopped` here, and every task goes through
+//! [`Census::spawn`], which counts it until its future completes. An actor
 //! that is dropped with its System instead of being stopped, or a task that
-//! is dropped unfinished, stays counted: [`alive`] read after the System has
-//! stopped is the leak check (zero and zero, or something was left running).
+//! is dropped unfinished, stays counted: [`Census::alive`] read after the
+//! System has stopped is the leak check (zero and zero, or something was left
+//! running).
 //!
-//! The counts are process-wide atomics: they describe the process, not any
-//! one actor's state, and nothing makes decisions from them.
+//! One census per engine, handed out by the engine: two engines in one
+//! process count apart. Nothing makes decisions from the counts.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
-static ACTORS: AtomicUsize = AtomicUsize::new(0);
-static TASKS: AtomicUsize = AtomicUsize::new(0);
-/// Ticks on every change, so [`settled`] waits for an event, not a poll.
-static CHANGED: OnceLock<watch::Sender<()>> = OnceLock::new();
-
-fn changed() -> &'static watch::Sender<()> {
-    CHANGED.get_or_init(|| watch::channel(()).0)
+struct Counts {
+    actors: AtomicUsize,
+    tasks: AtomicUsize,
+    /// Ticks on every change, so [`Census::settled`] waits for an event, not a poll.
+    changed: watch::Sender<()>,
 }
 
-fn add(count: &AtomicUsize) {
-    count.fetch_add(1, Ordering::SeqCst);
-    changed().send_replace(());
+/// A handle on one engine's counts; clones share them.
+#[derive(Clone)]
+pub struct Census(Arc<Counts>);
+
+impl Default for Census {
+    fn default() -> Self {
+        Census(Arc::new(Counts {
+            actors: AtomicUsize::new(0),
+            tasks: AtomicUsize::new(0),
+            changed: watch::channel(()).0,
+        }))
+    }
 }
 
-fn remove(count: &AtomicUsize) {
-    count.fetch_sub(1, Ordering::SeqCst);
-    changed().send_replace(());
-}
-
-/// Resolves once at most `actors` actors and `tasks` tasks are alive.
-pub async fn settled(actors: usize, tasks: usize) {
-    let mut ticks = changed().subscribe();
-    loop {
-        let now = alive();
-        if now.actors <= actors && now.tasks <= tasks {
-            return;
-        }
-        if ticks.changed().await.is_err() {
-            return;
-        }
+impl std::fmt::Debug for Census {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Census({})", self.alive())
     }
 }
 
@@ -54,7 +49,7 @@ pub async fn settled(actors: usize, tasks: usize) {
 pub struct Alive {
     /// Actors started and not stopped.
     pub actors: usize,
-    /// Tasks spawned through [`spawn`] whose future has not completed.
+    /// Tasks spawned through [`Census::spawn`] whose future has not completed.
     pub tasks: usize,
 }
 
@@ -68,33 +63,89 @@ impl std::fmt::Display for Alive {
     }
 }
 
-/// The current counts.
-pub fn alive() -> Alive {
-    Alive {
-        actors: ACTORS.load(Ordering::SeqCst),
-        tasks: TASKS.load(Ordering::SeqCst),
+impl Census {
+    fn add(&self, count: &AtomicUsize) {
+        count.fetch_add(1, Ordering::SeqCst);
+        self.0.changed.send_replace(());
+    }
+
+    fn remove(&self, count: &AtomicUsize) {
+        count.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.send_replace(());
+    }
+
+    /// The current counts.
+    pub fn alive(&self) -> Alive {
+        Alive {
+            actors: self.0.actors.load(Ordering::SeqCst),
+            tasks: self.0.tasks.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Call from an actor's `started`.
+    pub fn actor_started(&self) {
+        self.add(&self.0.actors);
+    }
+
+    /// Call from an actor's `stopped`.
+    pub fn actor_stopped(&self) {
+        self.remove(&self.0.actors);
+    }
+
+    /// `actix_rt::spawn`, counted until the future completes.
+    pub fn spawn<F>(&self, task: F) -> actix_rt::task::JoinHandle<F::Output>
+    where
+        F: Future + 'static,
+    {
+        self.add(&self.0.tasks);
+        let census = self.clone();
+        actix_rt::spawn(async move {
+            let out = task.await;
+            census.remove(&census.0.tasks);
+            out
+        })
+    }
+
+    /// Resolves once at most `actors` actors and `tasks` tasks are alive.
+    pub async fn settled(&self, actors: usize, tasks: usize) {
+        let mut ticks = self.0.changed.subscribe();
+        loop {
+            let now = self.alive();
+            if now.actors <= actors && now.tasks <= tasks {
+                return;
+            }
+            if ticks.changed().await.is_err() {
+                return;
+            }
+        }
     }
 }
 
-/// Call from an actor's `started`.
-pub fn actor_started() {
-    add(&ACTORS);
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Call from an actor's `stopped`.
-pub fn actor_stopped() {
-    remove(&ACTORS);
-}
-
-/// `actix_rt::spawn`, counted until the future completes.
-pub fn spawn<F>(task: F) -> actix_rt::task::JoinHandle<F::Output>
-where
-    F: Future + 'static,
-{
-    add(&TASKS);
-    actix_rt::spawn(async move {
-        let out = task.await;
-        remove(&TASKS);
-        out
-    })
+    #[actix_rt::test]
+    async fn two_censuses_count_apart() {
+        let (a, b) = (Census::default(), Census::default());
+        a.actor_started();
+        let task = b.spawn(async {});
+        assert_eq!(
+            a.alive(),
+            Alive {
+                actors: 1,
+                tasks: 0
+            }
+        );
+        task.await.expect("task ran");
+        assert_eq!(
+            b.alive(),
+            Alive {
+                actors: 0,
+                tasks: 0
+            }
+        );
+        a.actor_stopped();
+        a.settled(0, 0).await;
+    }
 }

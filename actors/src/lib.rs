@@ -1,101 +1,119 @@
-//! drainer's actor system: who owns a shutdown, who counts the work, who writes.
+//! drainer's engine: graceful shutdown for any actix-web service — no request
+//! reset when the listener closes, probes and readiness, a pre-drain delay,
+//! ordered stop phases under one budget, and an exit the moment the last
+//! answer is written.
+//!
+//! ```no_run
+//! use actix_web::{web, App};
+//! use drainer_engine::{Server, ShutdownSettings};
+//!
+//! fn main() -> std::process::ExitCode {
+//!     drainer_engine::main(|signals| async move {
+//!         Server::new(|| App::new().route("/", web::get().to(|| async { "hello" })))
+//!             .shutdown(ShutdownSettings::from_env().unwrap_or_default())
+//!             .with_engine(|e| { e.signals(signals); })
+//!             .bind(("127.0.0.1", 8080))?
+//!             .run()
+//!             .await
+//!     })
+//! }
+//! ```
 //!
 //! # Map
 //!
-//! - [`supervisor`] — the **Supervisor**. Starts the DrainCoordinator and (when
-//!   there is a database) the DbActor and the Heartbeat once, registers their
-//!   stop phases, owns the shutdown triggers (signals, or any other stream of
-//!   [`ShutdownSignal`]s, a [`PreStop`], a transport's own [`TransportDrain`] /
-//!   [`TransportEnded`]), runs the phases — delay, stop accepting, drain, stop
-//!   the admin listener, stop the heartbeat, flush telemetry, write the final
-//!   records and close the pool — logs the report and stops the System with
-//!   the exit code.
-//! - [`lifecycle`] — the registry of named stop phases, run last-registered
-//!   first under one budget, each with its deadline; traces each shutdown.
-//! - [`drain`] — the **DrainCoordinator**. The only holder of the drain state
-//!   (`Active`, `Draining`, `Stopped`), of the in-flight count and of the set
-//!   of open connections. Hands out [`Permit`]s and [`ConnGuard`]s; decides the
-//!   [`Outcome`].
-//! - [`request`] — the **RequestActor**. One per admitted HTTP job: holds the
-//!   permit, does the simulated work, writes through the DbActor, replies.
-//!   (The stdin transport has no writes; it keeps its permits in one
-//!   deadline-ordered queue instead, so its replies leave in deadline order.)
-//! - [`db`] — the **DbActor**. Owns the PostgreSQL pool: schema, instance
-//!   registration, jobs (batched, every write bounded and answered truthfully
-//!   whatever the database does), drain records; closes the pool last.
-//! - [`heartbeat`] — the **Heartbeat**: stamps the instance's `last_seen_at`
-//!   every `HEARTBEAT_MS`; stops between two beats.
-//! - [`signals`] — turns SIGTERM / SIGINT / SIGQUIT into a stream of
-//!   [`ShutdownSignal`]s, installed before anything else happens; logs and
-//!   ignores the stray ones (SIGHUP, SIGUSR1, …).
-//! - [`metrics`] — the Prometheus registry; values are written where the
-//!   events happen and read only by `/metrics`.
-//! - [`census`] — counts actors not stopped and tasks not finished: the leak
-//!   check at exit.
+//! - [`server`] — [`Server`], the builder that takes the `App` factory; the
+//!   engine's own accept loop feeding actix-web workers (so the coordinator
+//!   knows every connection and the listener closes without resetting queued
+//!   clients), over a stream that bounds hostile clients.
+//! - [`http`] — the middleware around the application: probes, admission of
+//!   every request, the cut, `Connection: close`, the body deadline; [`Work`],
+//!   a handler's view of its admission; [`EngineError`], the engine's answers.
+//! - [`engine`] — [`Engine`]: settings, stop hooks, owned components, the
+//!   admin listener, the triggers; [`Handle`] for programmatic triggers.
+//! - [`supervisor`] — the **Supervisor**, the one owner of shutdown: settings
+//!   and the [`StopPlan`], triggers, the state enum, the phases, the [`Report`].
+//! - [`lifecycle`] — the registry of named stop phases, run in the plan's
+//!   order under one budget, each with its deadline; traces each shutdown.
+//! - [`drain`] — the **DrainCoordinator**: the only holder of the drain state
+//!   (`Active`, `Draining`, `Stopped`), of the in-flight count (its gate) and
+//!   of the set of open connections.
+//! - [`transport`] — what a transport gets from the engine ([`Core`]) and the
+//!   messages between it and the Supervisor.
+//! - [`admin`] — the admin listener: `/metrics`, `/admin/prestop`.
+//! - [`signals`] — SIGTERM / SIGINT / SIGQUIT as a stream, installed first;
+//!   stray signals logged and ignored.
+//! - [`metrics`] — the Prometheus registry (the application adds its own families).
+//! - [`telemetry`] — where the shutdown trace goes (`OTEL_*` variables).
+//! - [`census`] — counts actors not stopped and tasks not finished: the leak check.
+//! - [`run`] — [`main`]: signals first, the run, the exit code.
 //!
 //! # Messages
 //!
 //! ```text
-//!  signals ──ShutdownSignal──▶ Supervisor ──BeginDrain / StopAdmitting / ListenerClosed / CutShort──▶ DrainCoordinator
-//!                               │   ▲                                                                   │  ▲
-//!                               │   └────────────── DrainReport (WorkDone, Quiet) ──────────────────────┘  │
-//!                               │                                                                          │
-//!                               ├──CloseListener / StopTransport──▶ transport (HTTP or stdin)            │
-//!                               ├──StopActor──▶ Heartbeat ──Beat──▶ DbActor                               │
-//!                               └──RecordDrainBegin / RecordDrainComplete / ClosePool──▶ DbActor          │
+//!  signals / Handle ──Asked──▶ Supervisor ──BeginDrain / StopAdmitting / ListenerClosed / CutDrain──▶ DrainCoordinator
+//!                               │   ▲                                                                 │   ▲
+//!                               │   └──────────── DrainReport (WorkDone, Quiet) ──────────────────────┘   │
+//!                               ├──CloseListener / StopTransport──▶ transport (HTTP or stdin)             │
+//!                               ├──stop hooks (the application's phases) ──▶ its actors (a DbActor…)      │
+//!                               └──StopActor──▶ owned components                                          │
 //!  transport ──TransportDrain / TransportEnded──▶ Supervisor                                              │
 //!  admin listener ──PreStop──▶ Supervisor                                                                 │
-//!  transport ──Admit──▶ DrainCoordinator ──Permit──▶ RequestActor ──InsertJob / CancelWrite──▶ DbActor     │
-//!  Permit::drop ──RequestFinished──────────────────────────────────────────────────────────────────────────┤
-//!  ConnGuard::register / drop ──ConnectionOpened / ConnectionClosed────────────────────────────────────────┘
+//!  request ──Admission::admit (an atomic, no message)──▶ Permit ──dropped──▶ gate (last one: GateEmptied)─┤
+//!  ConnGuard::register / drop ──ConnectionOpened / ConnectionClosed───────────────────────────────────────┘
 //! ```
 //!
 //! # Rules that must never break
 //!
-//! 1. The in-flight count lives only in the DrainCoordinator. It goes up when
-//!    `Admit` hands out a [`Permit`] and down only when that permit is dropped —
-//!    so errors, panics and disconnected clients still count down.
-//! 2. Once the coordinator has stopped admitting, no request is admitted again:
-//!    admission and the zero check happen in the same actor, one message at a
-//!    time, so there is no window between "counted zero" and "admitted one more".
-//! 3. A job is acknowledged only after its row is committed, and answered "not
-//!    stored" only when that is certain. A request cancelled at the drain
-//!    deadline is cancelled before its write begins; a write already begun gets
-//!    the hard linger to commit, then is cancelled in PostgreSQL, and a write
-//!    past its request's deadline is cancelled at once. A cancelled write is
-//!    answered by what the cancel proved (nothing written: `drain_timeout`,
-//!    `shutdown_forced` or `request_timeout`; unconfirmed: "may or may not have
-//!    been stored"), before its connection closes — never silently.
-//! 4. The drain ends when the count reaches zero (an event, not a poll) or at the
-//!    deadline (a timer); the process exits only once the connections that
+//! 1. The in-flight count lives only in the DrainCoordinator's gate. It goes
+//!    up when [`Admission::admit`] hands out a [`Permit`] and down only when
+//!    that permit is dropped — so errors, panics and disconnected clients
+//!    still count down.
+//! 2. Once the coordinator has stopped admitting, no request is admitted
+//!    again: closing the gate and reading its count are one atomic step, and
+//!    admission is a compare-and-swap that fails on a closed gate — there is
+//!    no window between "counted zero" and "admitted one more".
+//! 3. At a cut, a handler that has not finished is dropped and answered 503
+//!    with the cut's reason, unless it shielded itself ([`Work::try_shield`]);
+//!    shielded work sees the cut through [`Work::cancelled`] and answers
+//!    itself, and its connection is never closed before that answer.
+//! 4. The drain ends when the count reaches zero (an event, not a poll) or at
+//!    the deadline (a timer); the run ends only once the connections that
 //!    carried the answers have closed, so no answer is lost in a buffer.
-//! 5. The database pool is closed after the drain and after every phase that
-//!    uses it (the heartbeat stops first), never before.
-//! 6. The exit code comes from [`Outcome::exit_code`] — except that the end of
-//!    a transport's input always exits 0 (its replies already said what was
+//! 5. The exit code comes from [`Outcome::exit_code`] — except that the end
+//!    of a transport's input always exits 0 (its replies already said what was
 //!    cut short). A cut with nothing in flight is a completed drain.
 
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod census;
-pub mod db;
 pub mod drain;
-pub mod heartbeat;
+pub mod engine;
+pub mod http;
 pub mod lifecycle;
 pub mod metrics;
-pub mod request;
+pub mod run;
+pub mod server;
 pub mod signals;
 pub mod supervisor;
+pub mod telemetry;
+pub mod transport;
 
-pub use db::{DbActor, DbError, DbSettings, Job};
+pub use census::{Alive, Census};
 pub use drain::{
-    CancelReason, Close, ConnGuard, ConnId, DrainCoordinator, Outcome, Permit, Phase, ShuttingDown,
+    Admission, CancelReason, Close, ConnGuard, ConnId, DrainCoordinator, DrainState, NotAdmitted,
+    Outcome, Permit,
 };
-pub use lifecycle::{Lifecycle, PhaseCtx, StopActor};
+pub use engine::{Engine, Handle};
+pub use http::{EngineError, Probes, Work};
+pub use lifecycle::{PhaseCtx, PhaseRecord, PhaseResult, StopActor};
 pub use metrics::Metrics;
-pub use request::{RequestActor, WorkError};
+pub use run::main;
+pub use server::listener::bind;
+pub use server::{Server, StartError};
 pub use signals::{ShutdownSignal, Signals};
-pub use supervisor::{
-    phase, CloseListener, Components, Core, PreStop, ShutdownSettings, StopTransport, Supervisor,
-    Transport, TransportDrain, TransportEnded,
+pub use supervisor::{phase, Report, ShutdownSettings, StopPlan, Trigger};
+pub use telemetry::Telemetry;
+pub use transport::{
+    CloseListener, Core, PreStop, StopTransport, Transport, TransportDrain, TransportEnded,
 };

@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
+use crate::supervisor::{ExitRule, Report, ShutdownOrder};
 
 /// Kept back from every phase but the last, so the database close and the
 /// exit always happen inside the budget.
@@ -51,8 +52,9 @@ pub struct StopActor;
 pub struct Control {
     /// The end of the shutdown budget, once it has started.
     pub budget_end: Option<Instant>,
-    /// Whether the process is to exit (a signal, or the end of input).
-    pub exit: bool,
+    /// Whether the process is to exit (a signal, or the end of input), and
+    /// how its code is decided.
+    pub exit: Option<ExitRule>,
     /// Whether the shutdown was forced: waits that remain are skipped.
     pub forced: bool,
 }
@@ -61,6 +63,11 @@ pub struct Control {
 pub struct PhaseCtx {
     /// When the phase must be done (its own deadline, within the budget).
     pub deadline: Instant,
+    /// What this shutdown was asked to do.
+    pub order: ShutdownOrder,
+    /// The shutdown's figures so far: the phases that have ended, the
+    /// drain's outcome once it has one, the exit code it will give.
+    pub report: Report,
     control: watch::Receiver<Control>,
 }
 
@@ -217,24 +224,25 @@ impl Lifecycle {
     /// Runs the phases, last registered first. The phases up to and including
     /// `before_exit` run at once; the rest wait until [`Control::exit`].
     /// Tells `on_phase` as each phase ends; answers what each phase did.
+    /// `report` gives each phase the figures so far.
     pub async fn run(
         self,
-        trigger: &str,
+        order: ShutdownOrder,
         mut control: watch::Receiver<Control>,
         before_exit: Option<&'static str>,
         metrics: Option<Metrics>,
-        mut on_phase: impl FnMut(&PhaseRecord),
+        report: impl Fn(&[PhaseRecord]) -> Report,
     ) -> Vec<PhaseRecord> {
         let tracer = opentelemetry::global::tracer("drainer");
         let mut root = tracer.start("shutdown");
-        root.set_attribute(KeyValue::new("shutdown.trigger", trigger.to_string()));
+        root.set_attribute(KeyValue::new("shutdown.trigger", order.trigger.to_string()));
         let trace = opentelemetry::Context::current_with_span(root);
         let count = self.phases.len();
         let mut held = false;
         let mut records = Vec::with_capacity(count);
         for (i, phase) in self.phases.into_iter().rev().enumerate() {
             if held {
-                if control.wait_for(|c| c.exit).await.is_err() {
+                if control.wait_for(|c| c.exit.is_some()).await.is_err() {
                     warn!("shutdown: nobody can ask for the exit any more; going on");
                 }
                 held = false;
@@ -243,6 +251,8 @@ impl Lifecycle {
             let allowed = allowed(phase.timeout, control.borrow().budget_end, last);
             let ctx = PhaseCtx {
                 deadline: Instant::now() + allowed,
+                order: order.clone(),
+                report: report(&records),
                 control: control.clone(),
             };
             let mut span = tracer.start_with_context(phase.name, &trace);
@@ -299,11 +309,13 @@ impl Lifecycle {
                 took,
                 result,
             };
-            on_phase(&record);
             records.push(record);
             if before_exit == Some(phase.name) {
                 held = true;
             }
+        }
+        if held && control.wait_for(|c| c.exit.is_some()).await.is_err() {
+            warn!("shutdown: nobody can ask for the exit any more; going on");
         }
         trace.span().end();
         records
@@ -353,9 +365,29 @@ mod tests {
         watch::channel(c)
     }
 
+    fn order(trigger: &str) -> ShutdownOrder {
+        use crate::signals::ShutdownSignal;
+        use crate::supervisor::Trigger;
+        let trigger = match trigger {
+            "prestop" => Trigger::PreStop,
+            "SIGTERM" => Trigger::Signal(ShutdownSignal::Terminate),
+            _ => Trigger::Requested,
+        };
+        ShutdownOrder {
+            trigger,
+            began: Instant::now(),
+            delay: Duration::ZERO,
+            drain_timeout: Duration::ZERO,
+        }
+    }
+
+    fn no_report(phases: &[PhaseRecord]) -> Report {
+        Report::new(None, phases.to_vec(), None, false)
+    }
+
     fn exiting() -> Control {
         Control {
-            exit: true,
+            exit: Some(ExitRule::Outcome),
             ..Control::default()
         }
     }
@@ -376,7 +408,7 @@ mod tests {
         }
         assert_eq!(lc.stop_order(), ["listener", "slow", "database"]);
         let (_tx, rx) = control(exiting());
-        let records = lc.run("test", rx, None, None, |_| {}).await;
+        let records = lc.run(order("test"), rx, None, None, no_report).await;
         assert_eq!(*ran.borrow(), ["listener", "slow", "database"]);
         let results: Vec<_> = records.iter().map(|r| (r.name, r.result.clone())).collect();
         assert_eq!(
@@ -398,7 +430,7 @@ mod tests {
             Err("boom".into())
         });
         let (_tx, rx) = control(exiting());
-        let records = lc.run("test", rx, None, None, |_| {}).await;
+        let records = lc.run(order("test"), rx, None, None, no_report).await;
         assert_eq!(records[0].result, PhaseResult::Failed("boom".into()));
         assert_eq!(records[1].result, PhaseResult::Done);
     }
@@ -417,10 +449,10 @@ mod tests {
         }
         let (_tx, rx) = control(Control {
             budget_end: Some(Instant::now() + Duration::from_secs(3)),
-            exit: true,
+            exit: Some(ExitRule::Outcome),
             forced: false,
         });
-        lc.run("test", rx, None, None, |_| {}).await;
+        lc.run(order("test"), rx, None, None, no_report).await;
         // The last phase runs in the reserve, less the exit's allowance.
         assert_eq!(
             *seen.borrow(),
@@ -443,11 +475,16 @@ mod tests {
         let local = tokio::task::LocalSet::new();
         let records = local
             .run_until(async {
-                let run =
-                    tokio::task::spawn_local(lc.run("prestop", rx, Some("delay"), None, |_| {}));
+                let run = tokio::task::spawn_local(lc.run(
+                    order("prestop"),
+                    rx,
+                    Some("delay"),
+                    None,
+                    no_report,
+                ));
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 assert_eq!(*ran.borrow(), ["delay"]);
-                tx.send_modify(|c| c.exit = true);
+                tx.send_modify(|c| c.exit = Some(ExitRule::Outcome));
                 run.await.expect("ran")
             })
             .await;
@@ -475,7 +512,7 @@ mod tests {
         });
         lc.register("trace_first", Duration::from_secs(1), |_| async { Ok(()) });
         let (_tx, rx) = control(exiting());
-        lc.run("SIGTERM", rx, None, None, |_| {}).await;
+        lc.run(order("SIGTERM"), rx, None, None, no_report).await;
         provider.force_flush().expect("flushed");
 
         // Other tests may run shutdowns too: follow this run's trace.

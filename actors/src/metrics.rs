@@ -3,7 +3,7 @@
 //!
 //! The values are written where the events happen — the DrainCoordinator sets
 //! the in-flight gauge and the drain state as it changes them, the lifecycle
-//! runner times the shutdown phases, the HTTP layer counts request outcomes —
+//! runner times the shutdown phases, the HTTP layer counts client timeouts; the application adds its own families —
 //! and read only by the `/metrics` endpoint ([`Metrics::render`]). The gauges
 //! are published copies, like the coordinator's phase: nothing decides from
 //! them.
@@ -13,38 +13,16 @@ use std::time::Duration;
 
 use prometheus::{Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
-/// Every value of `drainer_requests_total{outcome}`.
-pub const OUTCOMES: [&str; 8] = [
-    "created",
-    "rejected",
-    "drain_timeout",
-    "shutdown_forced",
-    "request_timeout",
-    "cancelled",
-    "overloaded",
-    "error",
-];
+use crate::drain::DrainState;
 
 /// Every value of `drainer_client_timeouts_total{reason}`: a request head
 /// or body not received within `CLIENT_REQUEST_TIMEOUT_MS`, or a client that
 /// read none of its answers for as long.
 pub const CLIENT_TIMEOUTS: [&str; 3] = ["head", "body", "writes"];
 
-/// `drainer_drain_state`: 0 active, 1 draining, 2 stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DrainStateValue {
-    /// Serving.
-    Active = 0,
-    /// A drain is under way.
-    Draining = 1,
-    /// The drain is over.
-    Stopped = 2,
-}
-
 struct Families {
     registry: Registry,
     in_flight: IntGauge,
-    requests: IntCounterVec,
     drain_state: IntGauge,
     phase_duration: GaugeVec,
     phase_started: IntCounterVec,
@@ -65,18 +43,14 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// A fresh registry with every family, each outcome and each of `phases`
-    /// present at 0.
-    pub fn new(phases: &[&str]) -> Metrics {
+    /// A fresh registry with every engine family present at 0. The
+    /// application registers its own families on [`Metrics::registry`].
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Metrics {
         let registry = Registry::new();
         let in_flight = IntGauge::new(
             "drainer_requests_in_flight",
             "Requests admitted and not yet answered.",
-        )
-        .expect("valid metric");
-        let requests = IntCounterVec::new(
-            Opts::new("drainer_requests_total", "POST /work requests by outcome."),
-            &["outcome"],
         )
         .expect("valid metric");
         let drain_state = IntGauge::new(
@@ -123,21 +97,12 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
-        for outcome in OUTCOMES {
-            requests.with_label_values(&[outcome]);
-        }
         for reason in CLIENT_TIMEOUTS {
             client_timeouts.with_label_values(&[reason]);
-        }
-        for phase in phases {
-            phase_duration.with_label_values(&[phase]);
-            phase_started.with_label_values(&[phase]);
-            phase_failed.with_label_values(&[phase]);
         }
         let families = Families {
             registry,
             in_flight,
-            requests,
             drain_state,
             phase_duration,
             phase_started,
@@ -147,9 +112,8 @@ impl Metrics {
             client_timeouts,
         };
         let f = &families;
-        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
             Box::new(f.in_flight.clone()),
-            Box::new(f.requests.clone()),
             Box::new(f.drain_state.clone()),
             Box::new(f.phase_duration.clone()),
             Box::new(f.phase_started.clone()),
@@ -179,19 +143,32 @@ impl Metrics {
         prometheus::TEXT_FORMAT
     }
 
-    /// One POST /work answered with `outcome` (one of [`OUTCOMES`]).
-    pub fn request(&self, outcome: &str) {
-        self.0.requests.with_label_values(&[outcome]).inc();
+    /// The registry, for the application's own families.
+    pub fn registry(&self) -> &Registry {
+        &self.0.registry
     }
 
-    /// The coordinator's in-flight count changed.
-    pub fn set_in_flight(&self, n: usize) {
-        self.0.in_flight.set(i64::try_from(n).unwrap_or(i64::MAX));
+    /// Puts each of `phases` in the phase families at 0.
+    pub fn know_phases(&self, phases: &[&str]) {
+        for phase in phases {
+            self.0.phase_duration.with_label_values(&[phase]);
+            self.0.phase_started.with_label_values(&[phase]);
+            self.0.phase_failed.with_label_values(&[phase]);
+        }
     }
 
-    /// The coordinator's state changed.
-    pub fn set_drain_state(&self, state: DrainStateValue) {
-        self.0.drain_state.set(state as i64);
+    /// One request admitted (`1`) or finished (`-1`).
+    pub(crate) fn in_flight_changed(&self, by: i64) {
+        self.0.in_flight.add(by);
+    }
+
+    /// The coordinator's state changed: 0 active, 1 draining, 2 stopped.
+    pub(crate) fn set_drain_state(&self, state: DrainState) {
+        self.0.drain_state.set(match state {
+            DrainState::Active => 0,
+            DrainState::Draining { .. } => 1,
+            DrainState::Stopped => 2,
+        });
     }
 
     /// The drain's work ended after `took`.
@@ -232,7 +209,8 @@ mod tests {
 
     #[test]
     fn every_family_and_label_is_exported_at_zero() {
-        let m = Metrics::new(&["drain", "close_database"]);
+        let m = Metrics::new();
+        m.know_phases(&["drain", "close_database"]);
         let text = m.render();
         for line in [
             "drainer_requests_in_flight 0",
@@ -245,18 +223,14 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
-        for outcome in OUTCOMES {
-            let line = format!("drainer_requests_total{{outcome=\"{outcome}\"}} 0");
-            assert!(text.lines().any(|l| l == line), "{line} missing");
-        }
         for reason in CLIENT_TIMEOUTS {
             let line = format!("drainer_client_timeouts_total{{reason=\"{reason}\"}} 0");
             assert!(text.lines().any(|l| l == line), "{line} missing");
         }
-        m.request("created");
+        m.in_flight_changed(1);
         m.phase_ended("drain", Duration::from_millis(1500), true);
         let text = m.render();
-        assert!(text.contains("drainer_requests_total{outcome=\"created\"} 1"));
+        assert!(text.contains("drainer_requests_in_flight 1"));
         assert!(text.contains("shutdown_phase_duration_seconds{phase=\"drain\"} 1.5"));
         assert!(text.contains("shutdown_phase_failed_total{phase=\"drain\"} 1"));
     }

@@ -7,7 +7,10 @@
 use actix_web::error::JsonPayloadError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use drainer_actors::{CancelReason, WorkError};
+use drainer_engine::CancelReason;
+
+use crate::jobs::db::DbError;
+use crate::jobs::request::WorkError;
 
 /// The largest request body accepted, in bytes.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -127,7 +130,9 @@ impl From<JsonPayloadError> for ApiError {
             JsonPayloadError::Deserialize(e) | JsonPayloadError::Serialize(e) => {
                 ApiError::MalformedJson(e.to_string())
             }
-            JsonPayloadError::Payload(e) if super::deadline::is_timeout(&e) => {
+            JsonPayloadError::Payload(actix_web::error::PayloadError::Io(e))
+                if e.kind() == std::io::ErrorKind::TimedOut =>
+            {
                 ApiError::ClientTimeout
             }
             _ => ApiError::BadPayload,
@@ -141,8 +146,8 @@ impl From<WorkError> for ApiError {
             WorkError::Cancelled(reason) => ApiError::Cancelled(reason),
             WorkError::Declined => ApiError::Declined,
             WorkError::TimedOut => ApiError::RequestTimeout,
-            WorkError::Db(drainer_actors::DbError::Overloaded) => ApiError::Overloaded,
-            WorkError::Db(e @ drainer_actors::DbError::Indeterminate(_)) => {
+            WorkError::Db(DbError::Overloaded) => ApiError::Overloaded,
+            WorkError::Db(e @ DbError::Indeterminate(_)) => {
                 log::error!("POST /work: {e}");
                 ApiError::Indeterminate
             }

@@ -1,16 +1,17 @@
-//! `POST /work`: validate, ask to be admitted, hand the work to a RequestActor.
+//! `POST /work`: validate, hand the work to a RequestActor (the engine has
+//! admitted the request already), answer.
 
 use std::time::Duration;
 
 use actix::Actor;
-use actix_web::{web, HttpRequest, HttpResponse};
-use drainer_actors::drain::Admit;
-use drainer_actors::request::Process;
-use drainer_actors::{ConnId, Core, RequestActor};
+use actix_web::{web, HttpResponse};
+use drainer_engine::Work;
 use serde_json::Value;
 
 use super::error::ApiError;
+use super::Jobs;
 use crate::fields;
+use crate::jobs::request::{Process, RequestActor};
 
 /// The longest name accepted, in characters.
 pub const MAX_NAME_CHARS: usize = 1000;
@@ -63,46 +64,30 @@ impl TryFrom<Value> for NewJob {
     }
 }
 
-/// Validates, is admitted (or answered 503), runs the work, answers 201;
-/// counts the outcome.
+/// Validates, runs the work, answers 201; counts the outcome.
 pub async fn post_work(
-    req: HttpRequest,
+    work: Work,
     body: web::Json<Value>,
-    core: web::Data<Core>,
-    settings: web::Data<super::HttpSettings>,
+    jobs: web::Data<Jobs>,
 ) -> Result<HttpResponse, ApiError> {
-    let metrics = core.metrics.clone();
-    let answer = work(req, body, core, settings).await;
-    metrics.request(match &answer {
+    let answer = post(work, body, &jobs).await;
+    jobs.outcomes.count(match &answer {
         Ok(_) => "created",
         Err(e) => e.outcome(),
     });
     answer
 }
 
-async fn work(
-    req: HttpRequest,
-    body: web::Json<Value>,
-    core: web::Data<Core>,
-    settings: web::Data<super::HttpSettings>,
-) -> Result<HttpResponse, ApiError> {
-    let deadline = tokio::time::Instant::now() + settings.request_timeout;
+async fn post(work: Work, body: web::Json<Value>, jobs: &Jobs) -> Result<HttpResponse, ApiError> {
+    let deadline = tokio::time::Instant::now() + jobs.request_timeout;
     let job = NewJob::try_from(body.into_inner())?;
-    // The HTTP service always runs with a database (start-up requires it).
-    let db = core.db.clone().ok_or(ApiError::Internal)?;
-    let conn = req.conn_data::<ConnId>().copied();
-    let permit = core
-        .coordinator
-        .send(Admit { conn })
-        .await?
-        .map_err(|_| ApiError::ShuttingDown)?;
-    let stored = RequestActor::new(permit, db)
+    let stored = RequestActor::new(work, jobs.db.clone(), jobs.census.clone())
         .start()
         .send(Process {
             name: job.name,
             latency: job.latency,
             deadline: Some(deadline),
-            declines_on_drain: job.cancellable.then(|| core.phase.clone()),
+            declines_on_drain: job.cancellable,
         })
         .await??;
     Ok(HttpResponse::Created().json(serde_json::json!({

@@ -26,9 +26,9 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, SpawnHandle,
     StreamHandler, WrapFuture,
 };
-use drainer_actors::drain::{Admit, GetSnapshot, Snapshot};
-use drainer_actors::{
-    CancelReason, CloseListener, Core, Outcome, Permit, Phase, StopTransport, Transport,
+use drainer_engine::drain::{GetSnapshot, Snapshot};
+use drainer_engine::{
+    CancelReason, CloseListener, Core, DrainState, Outcome, Permit, StopTransport, Transport,
     TransportDrain, TransportEnded,
 };
 use log::{info, warn};
@@ -61,7 +61,7 @@ pub fn start(core: &Core, default_drain_timeout: Duration) -> Transport {
         ctx.add_stream(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|input| (input, rx))
         }));
-        let phase = core.phase.clone();
+        let phase = core.state.clone();
         ctx.add_stream(futures_util::stream::unfold(phase, |mut rx| async move {
             rx.changed().await.ok()?;
             let phase = *rx.borrow_and_update();
@@ -259,13 +259,13 @@ impl StdinNode {
         if self.pending.is_empty() {
             return;
         }
-        let phase = *self.core.phase.borrow();
+        let phase = *self.core.state.borrow();
         match phase {
-            Phase::Draining {
+            DrainState::Draining {
                 cut: Some(reason), ..
             } => self.cancel_all(reason, ctx),
             // The coordinator gave up on them: they are answered all the same.
-            Phase::Stopped => self.cancel_all(CancelReason::DrainTimeout, ctx),
+            DrainState::Stopped => self.cancel_all(CancelReason::DrainTimeout, ctx),
             _ => {}
         }
     }
@@ -319,7 +319,7 @@ impl StdinNode {
             Request::TcpRequest { latency_ms: 0 } => {
                 // Never counted in flight: answered before the next line.
                 let me = self.me(&dest);
-                let body = if self.core.phase.borrow().admitting() {
+                let body = if self.core.state.borrow().admitting() {
                     ReplyBody::TcpRequestOk { duration_ms: 0 }
                 } else {
                     ReplyBody::TcpRequestError {
@@ -330,7 +330,9 @@ impl StdinNode {
             }
             Request::TcpRequest { latency_ms } => {
                 self.busy = true;
-                let admit = self.core.coordinator.send(Admit { conn: None });
+                // Admission is an atomic step; `wait` keeps the lines in order.
+                let admit =
+                    std::future::ready(Ok::<_, actix::MailboxError>(self.core.admission.admit()));
                 ctx.wait(admit.into_actor(self).map(move |admitted, act, ctx| {
                     act.busy = false;
                     match admitted {
@@ -367,7 +369,7 @@ impl StdinNode {
                 let first = self.clock.is_none();
                 self.start_clock(at, timeout);
                 self.busy = true;
-                let drain = self.core.drain.send(TransportDrain {
+                let drain = self.core.drain().send(TransportDrain {
                     drain_timeout: timeout,
                 });
                 let coordinator = self.core.coordinator.clone();
@@ -429,8 +431,8 @@ impl StdinNode {
     /// `tcp_drain_status`: (status, remaining, took_ms).
     fn status(&self, s: &Snapshot) -> (&'static str, usize, u64) {
         let clock = self.clock;
-        match (s.phase, s.outcome, clock) {
-            (Phase::Active, _, _) => ("active", s.in_flight, 0),
+        match (s.state, s.outcome, clock) {
+            (DrainState::Active, _, _) => ("active", s.in_flight, 0),
             (_, Some(Outcome::Drained), c) => ("drained", 0, c.map_or(0, |c| c.took_ms)),
             (
                 _,
@@ -520,11 +522,11 @@ impl Actor for StdinNode {
     type Context = Context<Self>;
 
     fn started(&mut self, _: &mut Context<Self>) {
-        drainer_actors::census::actor_started();
+        self.core.census.actor_started();
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        drainer_actors::census::actor_stopped();
+        self.core.census.actor_stopped();
     }
 }
 
@@ -536,7 +538,7 @@ impl StreamHandler<Input> for StdinNode {
                 self.lines.extend(lines.into_iter().map(|l| (l, at)));
                 self.pump(ctx);
             }
-            Input::End => self.core.ended.do_send(TransportEnded),
+            Input::End => self.core.ended().do_send(TransportEnded),
         }
     }
 
@@ -544,10 +546,10 @@ impl StreamHandler<Input> for StdinNode {
     fn finished(&mut self, _: &mut Context<Self>) {}
 }
 
-impl StreamHandler<Phase> for StdinNode {
+impl StreamHandler<DrainState> for StdinNode {
     /// Notices a drain (for the clock) and a cut (to answer what is queued).
-    fn handle(&mut self, phase: Phase, ctx: &mut Context<Self>) {
-        if let Phase::Draining { .. } = phase {
+    fn handle(&mut self, phase: DrainState, ctx: &mut Context<Self>) {
+        if let DrainState::Draining { .. } = phase {
             let timeout = self.default_drain_timeout;
             self.start_clock(Instant::now(), timeout);
         }

@@ -60,7 +60,7 @@ fn one_bad_job_does_not_fail_the_rest_of_its_batch() {
             ("DB_POOL_SIZE", "1"),
             (
                 "RUST_LOG",
-                "info,drainer_actors::drain=debug,drainer_actors::db=debug",
+                "info,drainer_engine::drain=debug,drainer::jobs::db=debug",
             ),
         ],
     );

@@ -144,7 +144,7 @@ fn sigterm_while_waiting_for_the_database_exits_0_at_once() {
     let mut server = spawn(&[
         ("DATABASE_URL", url.as_str()),
         ("DB_CONNECT_TIMEOUT_MS", "20000"),
-        ("RUST_LOG", "info,drainer_actors::db=debug"),
+        ("RUST_LOG", "info,drainer::jobs::db=debug"),
     ]);
     server.wait_for_log("connecting to the database");
     let signalled = Instant::now();

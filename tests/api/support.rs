@@ -224,7 +224,7 @@ fn spawn_with(
     cmd.env_remove("DATABASE_URL")
         .env("PORT", "0")
         .env("BIND_ADDRESS", "127.0.0.1")
-        .env("RUST_LOG", "info,drainer_actors::drain=debug")
+        .env("RUST_LOG", "info,drainer_engine::drain=debug")
         .env("INSTANCE_HOST", "test-host")
         .stdin(stdin)
         .stdout(stdout)

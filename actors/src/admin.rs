@@ -23,13 +23,14 @@ use actix_service::{map_config, Service, ServiceFactory};
 use actix_web::dev::AppConfig;
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpResponse};
-use drainer_actors::{census, phase, Core, Lifecycle, PreStop};
 use log::{error, info};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::http::error::ApiError;
-use crate::http::{method_not_allowed, not_found};
+use crate::census::Census;
+use crate::http::EngineError;
+use crate::supervisor::StopFn;
+use crate::transport::{Core, PreStop};
 
 /// How long an idle scrape connection stays open.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
@@ -48,21 +49,39 @@ impl Drop for Answering {
     }
 }
 
-/// Starts serving on `listener` and registers the `stop_admin` phase.
-pub fn start(listener: TcpListener, core: &Core, lifecycle: &mut Lifecycle, timeout: Duration) {
+/// Makes a bound listener ready to serve (on the System's runtime).
+pub(crate) fn bind(listener: std::net::TcpListener) -> std::io::Result<TcpListener> {
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
+}
+
+/// Starts serving on `listener`; answers the `stop_admin` phase's work.
+pub(crate) fn start(listener: TcpListener, core: &Core, _timeout: Duration) -> StopFn {
     let (stop, stopped) = watch::channel(false);
     let busy = Busy(watch::channel(0).0);
     let mut answered = busy.0.subscribe();
-    census::spawn(accept_loop(listener, core.clone(), busy, stopped));
-    lifecycle.register(phase::STOP_ADMIN, timeout, move |ctx| async move {
-        // A request being answered (a prestop's 200) is written first.
-        let _ = tokio::time::timeout_at(ctx.deadline, answered.wait_for(|n| *n == 0)).await;
-        let _ = stop.send(true);
-        // Every receiver dropped: the accept loop and each connection are gone.
-        stop.closed().await;
-        info!("admin listener stopped");
-        Ok(())
-    });
+    if let Ok(addr) = listener.local_addr() {
+        info!("admin listener on {addr} (/metrics, /admin/prestop)");
+    }
+    let census = core.census.clone();
+    census.spawn(accept_loop(
+        listener,
+        core.clone(),
+        busy,
+        stopped,
+        census.clone(),
+    ));
+    Box::new(move |ctx| {
+        Box::pin(async move {
+            // A request being answered (a prestop's 200) is written first.
+            let _ = tokio::time::timeout_at(ctx.deadline, answered.wait_for(|n| *n == 0)).await;
+            let _ = stop.send(true);
+            // Every receiver dropped: the accept loop and each connection are gone.
+            stop.closed().await;
+            info!("admin listener stopped");
+            Ok(())
+        })
+    })
 }
 
 /// Accepts until told to stop; serves each connection in a task of its own.
@@ -71,6 +90,7 @@ async fn accept_loop(
     core: Core,
     busy: Busy,
     mut stop: watch::Receiver<bool>,
+    census: Census,
 ) {
     let factory = actix_http::HttpService::build()
         .keep_alive(KEEP_ALIVE)
@@ -89,7 +109,7 @@ async fn accept_loop(
             _ = stop.wait_for(|s| *s) => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    census::spawn(serve(service.clone(), stream, peer, connections.clone()));
+                    census.spawn(serve(service.clone(), stream, peer, connections.clone()));
                 }
                 Err(e) => crate::server::accept_error(e).await,
             },
@@ -174,21 +194,30 @@ pub const PRESTOP_HEADER: &str = "x-drainer-prestop";
 async fn prestop_get(
     req: actix_web::HttpRequest,
     core: web::Data<Core>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, EngineError> {
     let asked = req
         .headers()
         .get(PRESTOP_HEADER)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
     if !asked {
-        return Err(ApiError::Invalid(format!(
-            "GET /admin/prestop needs the header {PRESTOP_HEADER}: true (or use POST)"
-        )));
+        return Err(EngineError::PrestopHeaderMissing);
     }
     prestop(core).await
 }
 
 /// `POST /admin/prestop`: answered once the delay is over.
-async fn prestop(core: web::Data<Core>) -> Result<HttpResponse, ApiError> {
-    core.prestop.send(PreStop).await?;
+async fn prestop(core: web::Data<Core>) -> Result<HttpResponse, EngineError> {
+    core.prestop()
+        .send(PreStop)
+        .await
+        .map_err(|_| EngineError::NotServed)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "draining" })))
+}
+
+async fn not_found() -> Result<HttpResponse, EngineError> {
+    Err(EngineError::NotFound)
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, EngineError> {
+    Err(EngineError::MethodNotAllowed)
 }

@@ -1,10 +1,11 @@
 //! The RequestActor: one per admitted unit of work.
 //!
-//! It is started with the [`Permit`] the DrainCoordinator handed out, runs the
-//! simulated work (`latency`), writes the job through the DbActor and replies.
-//! The permit lives inside the work's future, so however that future ends —
-//! an answer, an error, a panic — the permit is dropped and the request is
-//! counted down.
+//! It is started with the request's [`Work`] — the engine's middleware admitted
+//! the request and holds its permit, so however the request ends it is
+//! counted down — runs the simulated work (`latency`), writes the job through
+//! the DbActor and replies. Before the write it shields itself: from then on
+//! the engine does not drop the request at the cut, and the RequestActor
+//! answers by what the DbActor knows.
 //!
 //! The safe point: until its write begins — during the simulated work, and
 //! while the job waits in the DbActor's queue for a batch — the work listens
@@ -19,11 +20,10 @@ use std::future::pending;
 use std::time::Duration;
 
 use actix::{Actor, ActorContext, ActorFutureExt, Addr, Context, Handler, Message, WrapFuture};
-use tokio::sync::watch;
+use drainer_engine::{CancelReason, Census, Work};
 use tokio::time::Instant;
 
-use crate::db::{CallOff, CancelWrite, DbActor, DbError, InsertJob, Job, WithdrawJob};
-use crate::drain::{CancelReason, Permit, Phase};
+use super::db::{CallOff, CancelWrite, DbActor, DbError, InsertJob, Job, WithdrawJob};
 
 /// Why a unit of work did not produce a job.
 #[derive(Debug, thiserror::Error)]
@@ -62,9 +62,8 @@ pub struct Process {
     pub latency: Duration,
     /// The request's own deadline: past it, the work stops at its next safe point.
     pub deadline: Option<Instant>,
-    /// For cancellable work: the published phase. The work declines at its
-    /// next safe point once a drain has begun.
-    pub declines_on_drain: Option<watch::Receiver<Phase>>,
+    /// Cancellable work declines at its next safe point once a drain has begun.
+    pub declines_on_drain: bool,
 }
 
 /// Why work stopped at a safe point.
@@ -82,29 +81,22 @@ async fn passed(deadline: Option<Instant>) {
     }
 }
 
-/// Resolves once a drain has begun; never without a phase to watch.
-async fn drain_begun(drain: Option<&mut watch::Receiver<Phase>>) {
-    match drain {
-        Some(phase) => {
-            if phase.wait_for(|p| !p.is_active()).await.is_err() {
-                pending::<()>().await;
-            }
-        }
-        None => pending().await,
+/// Resolves once a drain has begun; never for work that does not decline.
+async fn drain_begun(work: &Work, declines: bool) {
+    if declines {
+        work.drain_begun().await
+    } else {
+        pending().await
     }
 }
 
 /// Resolves when the work should stop at its next safe point.
-async fn stop_signal(
-    permit: &mut Permit,
-    deadline: Option<Instant>,
-    mut drain: Option<watch::Receiver<Phase>>,
-) -> Stop {
+async fn stop_signal(work: &Work, deadline: Option<Instant>, declines: bool) -> Stop {
     tokio::select! {
         biased;
-        reason = permit.cancelled() => Stop::Cancelled(reason),
+        reason = work.cancelled() => Stop::Cancelled(reason),
         _ = passed(deadline) => Stop::TimedOut,
-        _ = drain_begun(drain.as_mut()) => Stop::Declined,
+        _ = drain_begun(work, declines) => Stop::Declined,
     }
 }
 
@@ -120,10 +112,10 @@ impl From<CallOff> for Stop {
 
 impl Stop {
     /// The error it answers with; only a drain's cancellation counts as cut.
-    fn into_error(self, permit: &mut Permit) -> WorkError {
+    fn into_error(self, work: &Work) -> WorkError {
         match self {
             Stop::Cancelled(reason) => {
-                permit.mark_cancelled();
+                work.mark_cancelled();
                 WorkError::Cancelled(reason)
             }
             Stop::TimedOut => WorkError::TimedOut,
@@ -134,19 +126,17 @@ impl Stop {
 
 /// See the module documentation.
 pub struct RequestActor {
-    /// Taken by the one `Process` this actor runs.
-    permit: Option<Permit>,
+    /// The request's admission, as the engine's middleware holds it.
+    work: Work,
     /// Where the job is written.
     db: Addr<DbActor>,
+    census: Census,
 }
 
 impl RequestActor {
-    /// An actor that will do one unit of work under `permit`.
-    pub fn new(permit: Permit, db: Addr<DbActor>) -> Self {
-        RequestActor {
-            permit: Some(permit),
-            db,
-        }
+    /// An actor that will do one unit of work for the admitted request `work`.
+    pub fn new(work: Work, db: Addr<DbActor>, census: Census) -> Self {
+        RequestActor { work, db, census }
     }
 }
 
@@ -154,11 +144,11 @@ impl Actor for RequestActor {
     type Context = Context<Self>;
 
     fn started(&mut self, _: &mut Context<Self>) {
-        crate::census::actor_started();
+        self.census.actor_started();
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        crate::census::actor_stopped();
+        self.census.actor_stopped();
     }
 }
 
@@ -167,21 +157,28 @@ impl Handler<Process> for RequestActor {
 
     /// Simulated work, the safe point, the write, the answer; then the actor stops.
     fn handle(&mut self, msg: Process, _: &mut Context<Self>) -> Self::Result {
-        let permit = self.permit.take();
+        let work = self.work.clone();
         let db = self.db.clone();
-        let work = async move {
-            let Some(mut permit) = permit else {
-                return Err(WorkError::Mailbox);
-            };
-            let (deadline, drain) = (msg.deadline, msg.declines_on_drain);
+        let job = async move {
+            let (deadline, declines) = (msg.deadline, msg.declines_on_drain);
             if !msg.latency.is_zero() {
                 tokio::select! {
                     biased;
-                    stop = stop_signal(&mut permit, deadline, drain.clone()) => {
-                        return Err(stop.into_error(&mut permit));
+                    stop = stop_signal(&work, deadline, declines) => {
+                        return Err(stop.into_error(&work));
                     }
                     _ = tokio::time::sleep(msg.latency) => {}
                 }
+            }
+            // From here the write may begin: the engine must not drop this
+            // request at the cut any more (it answers by what the DbActor
+            // knows). Shielding fails only if the engine dropped it already.
+            if !work.try_shield() {
+                return Err(WorkError::Mailbox);
+            }
+            // A cut that came just now is still a safe point.
+            if let Some(reason) = work.is_cancelled() {
+                return Err(Stop::Cancelled(reason).into_error(&work));
             }
             // Queued for the next batch. Until the batch begins this is still
             // a safe point: a cancelled job is answered without being written.
@@ -190,16 +187,16 @@ impl Handler<Process> for RequestActor {
             let name = msg.name;
             let mut write = Box::pin(db.send(InsertJob { id, name, deadline }));
             let (mut cut_sent, mut timeout_sent) = (false, deadline.is_none());
-            let mut drain = drain;
+            let mut declines = declines;
             let written = loop {
                 let timed_out = passed(deadline.filter(|_| !timeout_sent));
                 tokio::select! {
                     biased;
                     written = &mut write => break written?,
-                    reason = permit.cancelled(), if !cut_sent => {
+                    reason = work.cancelled(), if !cut_sent => {
                         cut_sent = true;
                         let why = CallOff::Cut(reason);
-                        let at = Instant::now() + permit.grace();
+                        let at = Instant::now() + work.grace();
                         db.do_send(CancelWrite { id, why, at });
                     }
                     _ = timed_out => {
@@ -207,27 +204,26 @@ impl Handler<Process> for RequestActor {
                         let why = CallOff::RequestTimeout;
                         db.do_send(CancelWrite { id, why, at: Instant::now() });
                     }
-                    _ = drain_begun(drain.as_mut()) => {
+                    _ = drain_begun(&work, declines) => {
                         // Cancellable work is declined only before its write.
                         if db.send(WithdrawJob { id }).await? {
                             return Err(WorkError::Declined);
                         }
-                        drain = None;
+                        declines = false;
                     }
                 }
             };
             let job = match written {
                 Ok(job) => job,
                 Err(DbError::CalledOff(why)) => {
-                    return Err(Stop::from(why).into_error(&mut permit));
+                    return Err(Stop::from(why).into_error(&work));
                 }
                 Err(e) => return Err(WorkError::Db(e)),
             };
-            permit.mark_answered();
-            drop(permit);
+            work.mark_answered();
             Ok(job)
         };
-        Box::pin(work.into_actor(self).map(|result, _, ctx| {
+        Box::pin(job.into_actor(self).map(|result, _, ctx| {
             ctx.stop();
             result
         }))

@@ -14,20 +14,21 @@ use actix::{
 };
 use log::{debug, info, warn};
 
-use crate::census;
-use crate::db::{Beat, DbActor};
-use crate::lifecycle::StopActor;
+use drainer_engine::{Census, StopActor};
+
+use super::db::{Beat, DbActor};
 
 /// See the module documentation.
 pub struct Heartbeat {
     db: Addr<DbActor>,
     every: Duration,
+    census: Census,
 }
 
 impl Heartbeat {
-    /// A heartbeat that writes through `db` every `every`.
-    pub fn new(db: Addr<DbActor>, every: Duration) -> Self {
-        Heartbeat { db, every }
+    /// A heartbeat that writes through `db` every `every`, counted in `census`.
+    pub fn new(db: Addr<DbActor>, every: Duration, census: Census) -> Self {
+        Heartbeat { db, every, census }
     }
 }
 
@@ -35,7 +36,7 @@ impl Actor for Heartbeat {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        census::actor_started();
+        self.census.actor_started();
         ctx.run_interval(self.every, |act, ctx| {
             let beat = act.db.send(Beat);
             ctx.wait(beat.into_actor(act).map(|answer, _, _| match answer {
@@ -47,7 +48,7 @@ impl Actor for Heartbeat {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        census::actor_stopped();
+        self.census.actor_stopped();
     }
 }
 

@@ -2,162 +2,58 @@
 //! which connections are open, and whether the service is Active, Draining or
 //! Stopped.
 //!
-//! Work enters through [`Admit`], which answers with a [`Permit`] or
-//! [`ShuttingDown`]. Dropping the permit is what counts the request down
-//! ([`RequestFinished`]), so an error, a panic or a vanished client can never
-//! leave the count stuck. Connections are tracked the same way, by a
-//! [`ConnGuard`] that the transport keeps for as long as the socket lives.
+//! - [`state`] — what it publishes: [`DrainState`], [`CancelReason`], [`Outcome`].
+//! - [`gate`] — admission without a mailbox: the [`Admission`] handle hands
+//!   out [`Permit`]s; dropping one counts the request down, so an error, a
+//!   panic or a vanished client can never leave the count stuck.
+//! - [`connections`] — the open connections, each held by a [`ConnGuard`].
 //!
 //! The drain itself is a sequence of messages from the Supervisor:
-//! [`BeginDrain`] (health turns 503, requests still admitted during the
-//! shutdown delay), [`StopAdmitting`] (the deadline timer starts),
-//! [`ListenerClosed`] (idle connections are closed after a short grace) and,
-//! when a person insists, [`CutShort`]. The coordinator answers with two
-//! [`DrainReport`]s: `WorkDone(outcome)` the moment the count reaches zero or
-//! the drain is cut, and `Quiet` once the connections that carried the answers
-//! have closed.
+//! [`BeginDrain`] (probes turn 503, requests still admitted during the
+//! shutdown delay), [`StopAdmitting`] (the gate closes, the deadline timer
+//! starts), [`ListenerClosed`] (idle connections are closed after a short
+//! grace) and, when a person insists, [`CutDrain`]. The coordinator answers
+//! with two [`DrainReport`]s: `WorkDone` the moment the count reaches zero or
+//! the drain is cut, and `Quiet` once the connections that carried the
+//! answers have closed.
+
+mod connections;
+mod gate;
+mod state;
 
 use std::collections::HashMap;
-use std::fmt;
-use std::future::pending;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{
-    Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle,
+    Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle,
+    StreamHandler,
 };
-use log::{debug, info};
-use tokio::sync::{mpsc, oneshot, watch};
+use log::info;
+use tokio::sync::{mpsc, watch};
 
-use crate::census;
+use crate::census::Census;
 use crate::lifecycle::StopActor;
-use crate::metrics::{DrainStateValue, Metrics};
-
-// ----------------------------------------------------------------------------
-// Values
-// ----------------------------------------------------------------------------
+use crate::metrics::Metrics;
+pub use connections::{Close, ConnGuard, ConnId, ConnIds};
+use connections::{ConnectionClosed, ConnectionOpened};
+use gate::Gate;
+pub use gate::{Admission, Permit};
+pub use state::{CancelReason, DrainState, NotAdmitted, Outcome};
 
 /// After a cut and the linger, how long cancelled work that had passed its
 /// safe point still has to say how its cancel went — a database write is
-/// cancelled in PostgreSQL at the end of the linger, and its answer depends
-/// on whether the cancel is confirmed — before the coordinator gives up on it.
+/// cancelled at the end of the linger, and its answer depends on whether the
+/// cancel is confirmed — before the coordinator gives up on it.
 pub const CANCEL_ALLOWANCE: Duration = Duration::from_millis(500);
 
-/// Identifies one admitted request inside the coordinator.
-pub type RequestId = u64;
-
-/// Identifies one open connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnId(u64);
-
-/// Why in-flight work was cancelled.
+/// What the coordinator reports once the work is over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CancelReason {
-    /// `DRAIN_TIMEOUT_MS` passed before the work finished.
-    DrainTimeout,
-    /// A person or an orchestrator insisted (a second SIGINT, or SIGQUIT).
-    ShutdownForced,
-}
-
-impl CancelReason {
-    /// The error string a client is answered with.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CancelReason::DrainTimeout => "drain_timeout",
-            CancelReason::ShutdownForced => "shutdown_forced",
-        }
-    }
-}
-
-impl fmt::Display for CancelReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How a drain ended. It becomes the exit code in [`Outcome::exit_code`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Every admitted request got its real answer.
-    Drained,
-    /// The drain was cut short by the deadline or by a signal.
-    CutShort {
-        /// What cut it short.
-        reason: CancelReason,
-        /// Requests in flight when the cut came.
-        remaining: usize,
-        /// Of those, how many were cancelled and answered with an error.
-        cancelled: usize,
-    },
-}
-
-impl Outcome {
-    /// The process exit code: 0 for a completed drain, 1 for a cut one.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            Outcome::Drained => 0,
-            Outcome::CutShort { .. } => 1,
-        }
-    }
-
-    /// True when nothing was cut short.
-    pub fn is_success(self) -> bool {
-        matches!(self, Outcome::Drained)
-    }
-}
-
-/// What transports may read about the drain: a published copy of the
-/// coordinator's state, used for `/health` and `Connection: close`. Admission
-/// itself is always decided by [`Admit`], never by this copy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Serving normally.
-    Active,
-    /// A drain has begun; `admitting` is true during the shutdown delay.
-    Draining {
-        /// Whether new work is still admitted.
-        admitting: bool,
-        /// Set once the drain is cut short: why. Transports that hold their
-        /// permits themselves (stdin) answer and drop them on seeing it.
-        cut: Option<CancelReason>,
-    },
-    /// The drain is over.
-    Stopped,
-}
-
-impl Phase {
-    /// True only before any drain has begun.
-    pub fn is_active(self) -> bool {
-        matches!(self, Phase::Active)
-    }
-
-    /// Whether new work would (probably) be admitted.
-    pub fn admitting(self) -> bool {
-        matches!(
-            self,
-            Phase::Active
-                | Phase::Draining {
-                    admitting: true,
-                    ..
-                }
-        )
-    }
-}
-
-/// The answer to an [`Admit`] once the drain no longer takes work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("server_shutting_down")]
-pub struct ShuttingDown;
-
-/// What the coordinator asks of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Close {
-    /// Close it unless a request on it still awaits its response: the idle
-    /// sweep after the listener closed. A busy connection closes itself after
-    /// its answer, which carries `Connection: close`.
-    IfIdle,
-    /// Close it now: the hard deadline, or a forced shutdown.
-    Now,
+pub struct WorkDone {
+    /// How the drain ended.
+    pub outcome: Outcome,
+    /// Requests answered with their real result since the drain began.
+    pub completed: usize,
 }
 
 /// The coordinator's reports to whoever sequences the shutdown.
@@ -165,7 +61,7 @@ pub enum Close {
 #[rtype(result = "()")]
 pub enum DrainReport {
     /// The in-flight work is over: its count reached zero, or the drain was cut.
-    WorkDone(Outcome),
+    WorkDone(WorkDone),
     /// The work is over, the listener is closed and every connection is gone.
     Quiet,
 }
@@ -174,47 +70,16 @@ pub enum DrainReport {
 // Messages
 // ----------------------------------------------------------------------------
 
-/// Asks to start one unit of work; `conn` is the connection it arrived on.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<Permit, ShuttingDown>")]
-pub struct Admit {
-    /// The connection carrying the request, if the transport has connections.
-    pub conn: Option<ConnId>,
-}
-
-/// Sent by [`Permit`]'s `Drop`: one unit of work is over.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct RequestFinished {
-    id: RequestId,
-    cancelled: bool,
-    answered: bool,
-}
-
-/// Sent by [`ConnGuard::register`]: a connection was accepted.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct ConnectionOpened {
-    id: ConnId,
-    close: mpsc::UnboundedSender<Close>,
-}
-
-/// Sent by [`ConnGuard`]'s `Drop`: a connection is gone.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct ConnectionClosed {
-    id: ConnId,
-}
-
-/// Begins the drain: health turns 503; work is still admitted until
+/// Begins the drain: probes turn 503; work is still admitted until
 /// [`StopAdmitting`]. Answers the number of requests in flight. Idempotent.
 #[derive(Debug, Message)]
 #[rtype(result = "usize")]
 pub struct BeginDrain;
 
-/// Stops admitting work and starts the drain deadline.
+/// Stops admitting work and starts the drain deadline. Answers the number
+/// of requests in flight once admission stopped.
 #[derive(Debug, Message)]
-#[rtype(result = "()")]
+#[rtype(result = "usize")]
 pub struct StopAdmitting {
     /// How long in-flight work may still run before it is cancelled.
     pub drain_timeout: Duration,
@@ -224,19 +89,19 @@ pub struct StopAdmitting {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct ListenerClosed {
-    /// Connections with no request in flight are closed after this grace.
+    /// Connections are asked to close if idle after this grace.
     pub idle_grace: Duration,
 }
 
-/// Cuts the drain short: every request in flight is cancelled now.
+/// Cuts the drain: every request in flight is cancelled now.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct CutShort {
+pub struct CutDrain {
     /// Why; this is what the cancelled requests are answered with.
     pub reason: CancelReason,
 }
 
-/// Asks for the current phase and in-flight count (for tests and status).
+/// Asks for the current state and counts (for tests and status).
 #[derive(Debug, Message)]
 #[rtype(result = "Snapshot")]
 pub struct GetSnapshot;
@@ -244,8 +109,8 @@ pub struct GetSnapshot;
 /// The answer to [`GetSnapshot`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Snapshot {
-    /// The current phase.
-    pub phase: Phase,
+    /// The current state.
+    pub state: DrainState,
     /// Requests in flight.
     pub in_flight: usize,
     /// Connections open.
@@ -257,114 +122,8 @@ pub struct Snapshot {
     pub outcome: Option<Outcome>,
 }
 
-// ----------------------------------------------------------------------------
-// Permit and ConnGuard
-// ----------------------------------------------------------------------------
-
-/// The right to run one unit of work. Dropping it counts the request down.
-pub struct Permit {
-    id: RequestId,
-    /// Fires if the coordinator cancels this request.
-    cancel: oneshot::Receiver<CancelReason>,
-    /// Where `Drop` reports completion.
-    finished: Recipient<RequestFinished>,
-    /// Set when the work honoured a cancellation instead of finishing.
-    cancelled: bool,
-    /// Set when the work's real result was given (counted in the report).
-    answered: bool,
-    /// Once cancelled, how long work past its safe point may still run.
-    grace: Duration,
-}
-
-impl Permit {
-    /// Once the request is cancelled, how long work already past its safe
-    /// point (a write begun) may still run before it must be stopped: the
-    /// coordinator's linger. The coordinator gives up on the work
-    /// [`CANCEL_ALLOWANCE`] after that.
-    pub fn grace(&self) -> Duration {
-        self.grace
-    }
-
-    /// Resolves when the coordinator cancels this request (at the drain
-    /// deadline, or when the drain is cut short); never resolves otherwise.
-    pub async fn cancelled(&mut self) -> CancelReason {
-        match (&mut self.cancel).await {
-            Ok(reason) => reason,
-            Err(_) => pending().await,
-        }
-    }
-
-    /// Records that the work stopped at a safe point because it was cancelled.
-    pub fn mark_cancelled(&mut self) {
-        self.cancelled = true;
-    }
-
-    /// Records that the work produced its real result (a job written, a
-    /// reply sent): what the shutdown report counts as completed.
-    pub fn mark_answered(&mut self) {
-        self.answered = true;
-    }
-}
-
-impl fmt::Debug for Permit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Permit").field("id", &self.id).finish()
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        // This is the count-down: it runs on success, error, panic and when a
-        // client's disconnect drops the work.
-        self.finished.do_send(RequestFinished {
-            id: self.id,
-            cancelled: self.cancelled,
-            answered: self.answered,
-        });
-    }
-}
-
-/// Held by a transport for as long as one connection lives.
-pub struct ConnGuard {
-    id: ConnId,
-    closed: Recipient<ConnectionClosed>,
-}
-
-impl ConnGuard {
-    /// Registers a new connection. The receiver tells the transport when the
-    /// coordinator wants the connection closed (see [`Close`]); the transport
-    /// then drops the socket, and the guard with it.
-    pub fn register(
-        coordinator: &Addr<DrainCoordinator>,
-    ) -> (ConnGuard, mpsc::UnboundedReceiver<Close>) {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        let id = ConnId(NEXT.fetch_add(1, Ordering::Relaxed));
-        let (close, close_rx) = mpsc::unbounded_channel();
-        coordinator.do_send(ConnectionOpened { id, close });
-        let guard = ConnGuard {
-            id,
-            closed: coordinator.clone().recipient(),
-        };
-        (guard, close_rx)
-    }
-
-    /// The connection's id, to pass along with [`Admit`].
-    pub fn id(&self) -> ConnId {
-        self.id
-    }
-}
-
-impl fmt::Debug for ConnGuard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ConnGuard").field(&self.id).finish()
-    }
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.closed.do_send(ConnectionClosed { id: self.id });
-    }
-}
+/// A closed gate's count reached zero.
+struct GateEmptied;
 
 // ----------------------------------------------------------------------------
 // The actor
@@ -372,7 +131,7 @@ impl Drop for ConnGuard {
 
 /// The drain state machine. Each variant owns what only it needs.
 #[derive(Debug)]
-enum DrainState {
+enum State {
     Active,
     Draining(Drain),
     Stopped(Outcome),
@@ -395,37 +154,19 @@ struct Cut {
     reason: CancelReason,
     /// In flight when the cut came.
     remaining: usize,
-    /// Cancelled requests that have reported back.
-    cancelled: usize,
     /// Gives up on work that does not stop (a write that hangs).
     give_up: SpawnHandle,
 }
 
-/// One admitted request.
-#[derive(Debug)]
-struct InFlight {
-    conn: Option<ConnId>,
-    /// Taken when the request is cancelled.
-    cancel: Option<oneshot::Sender<CancelReason>>,
-}
-
-/// One open connection.
-#[derive(Debug)]
-struct Connection {
-    /// Requests admitted on it and not yet finished.
-    requests: usize,
-    /// Tells the transport to close it.
-    close: mpsc::UnboundedSender<Close>,
-}
-
 /// See the module documentation.
 pub struct DrainCoordinator {
-    state: DrainState,
-    /// The in-flight work. Its length is *the* in-flight count.
-    requests: HashMap<RequestId, InFlight>,
-    /// The open connections.
-    connections: HashMap<ConnId, Connection>,
-    next_request: RequestId,
+    state: State,
+    /// The in-flight count (the only one) and the drain's counters.
+    gate: Arc<Gate>,
+    /// Taken by `started`: where the gate says it emptied.
+    emptied: Option<mpsc::UnboundedReceiver<()>>,
+    /// The open connections, and how to ask each to close.
+    connections: HashMap<ConnId, mpsc::UnboundedSender<Close>>,
     /// Whether the transport has closed its listener.
     listener_closed: bool,
     /// Whether `Quiet` has been reported (it is reported once).
@@ -437,83 +178,84 @@ pub struct DrainCoordinator {
     linger: Duration,
     /// The hard deadline for connections, armed when the work is done.
     linger_timer: Option<SpawnHandle>,
-    /// The published copy of the phase.
-    phase: watch::Sender<Phase>,
+    /// The published copy of the state.
+    published: watch::Sender<DrainState>,
     /// Who sequences the shutdown.
     report_to: Recipient<DrainReport>,
-    /// Requests that finished with their real answer since the drain began.
-    completed_in_drain: usize,
-    /// Where the in-flight count and the state are published for `/metrics`.
+    /// Where the drain state and the forced closes are published for `/metrics`.
     metrics: Option<Metrics>,
+    census: Option<Census>,
 }
 
 impl DrainCoordinator {
     /// A coordinator that reports to `report_to` and gives connections `linger`
-    /// to close once the work is done.
-    pub fn new(report_to: Recipient<DrainReport>, linger: Duration) -> Self {
-        let (phase, _) = watch::channel(Phase::Active);
+    /// to close once the work is done; `metrics` receives the in-flight gauge,
+    /// the drain state and the forced closes.
+    pub fn new(
+        report_to: Recipient<DrainReport>,
+        linger: Duration,
+        metrics: Option<Metrics>,
+    ) -> Self {
+        let (published, state) = watch::channel(DrainState::Active);
+        let (emptied_tx, emptied) = mpsc::unbounded_channel();
         DrainCoordinator {
-            state: DrainState::Active,
-            requests: HashMap::new(),
+            state: State::Active,
+            gate: Gate::new(state, emptied_tx, linger, metrics.clone()),
+            emptied: Some(emptied),
             connections: HashMap::new(),
-            next_request: 1,
             listener_closed: false,
             quiet: false,
             hurry: false,
             linger,
             linger_timer: None,
-            phase,
+            published,
             report_to,
-            completed_in_drain: 0,
-            metrics: None,
+            metrics,
+            census: None,
         }
     }
 
-    /// Publishes the in-flight gauge, the drain state and the forced closes to `metrics`.
-    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = Some(metrics);
+    /// Counts this actor in `census` (the leak check).
+    pub fn counted_in(mut self, census: Census) -> Self {
+        self.census = Some(census);
         self
     }
 
-    fn publish_in_flight(&self) {
-        if let Some(m) = &self.metrics {
-            m.set_in_flight(self.requests.len());
-        }
+    /// A receiver of the published state; take it before starting the actor.
+    pub fn subscribe(&self) -> watch::Receiver<DrainState> {
+        self.published.subscribe()
     }
 
-    /// A receiver of the published phase; take it before starting the actor.
-    pub fn subscribe(&self) -> watch::Receiver<Phase> {
-        self.phase.subscribe()
+    /// Where requests are admitted; take it before starting the actor.
+    pub fn admission(&self) -> Admission {
+        Admission(self.gate.clone())
     }
 
-    fn current_phase(&self) -> Phase {
+    fn current(&self) -> DrainState {
         match &self.state {
-            DrainState::Active => Phase::Active,
-            DrainState::Draining(d) => Phase::Draining {
+            State::Active => DrainState::Active,
+            State::Draining(d) => DrainState::Draining {
                 admitting: d.admitting,
                 cut: d.cut.as_ref().map(|c| c.reason),
             },
-            DrainState::Stopped(_) => Phase::Stopped,
+            State::Stopped(_) => DrainState::Stopped,
         }
     }
 
     fn publish(&self) {
-        let phase = self.current_phase();
+        let state = self.current();
         if let Some(m) = &self.metrics {
-            m.set_drain_state(match phase {
-                Phase::Active => DrainStateValue::Active,
-                Phase::Draining { .. } => DrainStateValue::Draining,
-                Phase::Stopped => DrainStateValue::Stopped,
-            });
+            m.set_drain_state(state);
         }
-        self.phase.send_replace(phase);
+        self.published.send_replace(state);
     }
 
     /// Active → Draining (admitting). Does nothing in any other state.
     fn begin(&mut self) {
-        if let DrainState::Active = self.state {
-            info!("drain begun with {} in flight", self.requests.len());
-            self.state = DrainState::Draining(Drain {
+        if let State::Active = self.state {
+            self.gate.begin_drain();
+            info!("drain begun with {} in flight", self.gate.in_flight());
+            self.state = State::Draining(Drain {
                 since: Instant::now(),
                 admitting: true,
                 deadline: None,
@@ -523,38 +265,42 @@ impl DrainCoordinator {
         }
     }
 
-    /// Stops admission and arms the deadline (once).
-    fn stop_admitting(&mut self, drain_timeout: Duration, ctx: &mut Context<Self>) {
+    /// Stops admission and arms the deadline (once). Answers the number in
+    /// flight when admission stopped (now, when it had stopped before).
+    fn stop_admitting(&mut self, drain_timeout: Duration, ctx: &mut Context<Self>) -> usize {
         self.begin();
-        if let DrainState::Draining(d) = &mut self.state {
+        let mut closed_on = None;
+        if let State::Draining(d) = &mut self.state {
             if d.admitting {
                 d.admitting = false;
+                let in_flight = self.gate.close();
+                closed_on = Some(in_flight);
                 // A zero timeout cuts right here, before anyone is answered,
                 // so the cut is visible to whoever asked for the drain.
                 if !drain_timeout.is_zero() {
                     d.deadline = Some(ctx.run_later(drain_timeout, |act, ctx| {
-                        act.cut_short(CancelReason::DrainTimeout, ctx)
+                        act.cut(CancelReason::DrainTimeout, ctx)
                     }));
                 }
                 info!(
-                    "no longer admitting; {} in flight, deadline in {} ms",
-                    self.requests.len(),
+                    "no longer admitting; {in_flight} in flight, deadline in {} ms",
                     drain_timeout.as_millis()
                 );
                 self.publish();
                 if drain_timeout.is_zero() {
-                    self.cut_short(CancelReason::DrainTimeout, ctx);
-                    return;
+                    self.cut(CancelReason::DrainTimeout, ctx);
+                    return in_flight;
                 }
             }
         }
         self.check_work_done(ctx);
+        closed_on.unwrap_or_else(|| self.gate.in_flight())
     }
 
     /// Cancels every request in flight (once). With nothing in flight there
     /// is nothing to cut: the drain simply completes.
-    fn cut_short(&mut self, reason: CancelReason, ctx: &mut Context<Self>) {
-        if let DrainState::Stopped(_) = self.state {
+    fn cut(&mut self, reason: CancelReason, ctx: &mut Context<Self>) {
+        if let State::Stopped(_) = self.state {
             // The work is over; only connections remain: close them now.
             if !self.quiet {
                 info!("cut short while connections close: closing them now");
@@ -563,11 +309,11 @@ impl DrainCoordinator {
             return;
         }
         self.begin();
-        let remaining = self.requests.len();
+        let remaining = self.gate.close();
         // Whatever the work, a cut means no grace for idle connections.
         self.hurry = true;
         if remaining == 0 {
-            if let DrainState::Draining(d) = &mut self.state {
+            if let State::Draining(d) = &mut self.state {
                 d.admitting = false;
             }
             self.publish();
@@ -577,7 +323,7 @@ impl DrainCoordinator {
             self.check_work_done(ctx);
             return;
         }
-        if let DrainState::Draining(d) = &mut self.state {
+        if let State::Draining(d) = &mut self.state {
             if d.cut.is_some() {
                 return;
             }
@@ -590,15 +336,10 @@ impl DrainCoordinator {
             d.cut = Some(Cut {
                 reason,
                 remaining,
-                cancelled: 0,
                 give_up,
             });
             info!("drain cut short ({reason}): cancelling {remaining} in flight");
-            for request in self.requests.values_mut() {
-                if let Some(cancel) = request.cancel.take() {
-                    let _ = cancel.send(reason);
-                }
-            }
+            self.gate.record_cut(reason);
             self.publish();
             if self.listener_closed {
                 self.close_idle();
@@ -607,17 +348,21 @@ impl DrainCoordinator {
         self.check_work_done(ctx);
     }
 
+    fn cut_outcome(&self, cut: &Cut) -> Outcome {
+        Outcome::CutShort {
+            reason: cut.reason,
+            remaining: cut.remaining,
+            cancelled: self.gate.cancelled(),
+        }
+    }
+
     /// Work that ignored its cancellation for `linger` and the allowance is abandoned.
     fn give_up(&mut self, ctx: &mut Context<Self>) {
-        if let DrainState::Draining(Drain { cut: Some(cut), .. }) = &self.state {
-            let outcome = Outcome::CutShort {
-                reason: cut.reason,
-                remaining: cut.remaining,
-                cancelled: cut.cancelled,
-            };
+        if let State::Draining(Drain { cut: Some(cut), .. }) = &self.state {
+            let outcome = self.cut_outcome(cut);
             info!(
                 "giving up on {} request(s) that did not stop",
-                self.requests.len()
+                self.gate.in_flight()
             );
             self.finish(outcome, ctx);
         }
@@ -626,13 +371,9 @@ impl DrainCoordinator {
     /// Draining with admission stopped and nothing in flight → Stopped.
     fn check_work_done(&mut self, ctx: &mut Context<Self>) {
         let outcome = match &self.state {
-            DrainState::Draining(d) if !d.admitting && self.requests.is_empty() => match &d.cut {
+            State::Draining(d) if !d.admitting && self.gate.in_flight() == 0 => match &d.cut {
                 None => Outcome::Drained,
-                Some(cut) => Outcome::CutShort {
-                    reason: cut.reason,
-                    remaining: cut.remaining,
-                    cancelled: cut.cancelled,
-                },
+                Some(cut) => self.cut_outcome(cut),
             },
             _ => return,
         };
@@ -640,8 +381,8 @@ impl DrainCoordinator {
     }
 
     fn finish(&mut self, outcome: Outcome, ctx: &mut Context<Self>) {
-        let old = std::mem::replace(&mut self.state, DrainState::Stopped(outcome));
-        if let DrainState::Draining(d) = old {
+        let old = std::mem::replace(&mut self.state, State::Stopped(outcome));
+        if let State::Draining(d) = old {
             if let Some(deadline) = d.deadline {
                 ctx.cancel_future(deadline);
             }
@@ -657,7 +398,10 @@ impl DrainCoordinator {
             }
         }
         self.publish();
-        self.report_to.do_send(DrainReport::WorkDone(outcome));
+        self.report_to.do_send(DrainReport::WorkDone(WorkDone {
+            outcome,
+            completed: self.gate.completed_in_drain(),
+        }));
         self.linger_timer = Some(ctx.run_later(self.linger, |act, ctx| act.force_quiet(ctx)));
         self.check_quiet(ctx);
     }
@@ -671,8 +415,8 @@ impl DrainCoordinator {
                 self.connections.len()
             );
         }
-        for conn in self.connections.values() {
-            let _ = conn.close.send(Close::Now);
+        for close in self.connections.values() {
+            let _ = close.send(Close::Now);
         }
         if let Some(m) = &self.metrics {
             m.force_closed(self.connections.len());
@@ -682,7 +426,7 @@ impl DrainCoordinator {
     }
 
     fn check_quiet(&mut self, ctx: &mut Context<Self>) {
-        if matches!(self.state, DrainState::Stopped(_))
+        if matches!(self.state, State::Stopped(_))
             && self.listener_closed
             && self.connections.is_empty()
         {
@@ -700,17 +444,17 @@ impl DrainCoordinator {
         }
     }
 
-    /// Asks every connection with no request in flight to close if idle.
+    /// Asks every connection to close if idle: a connection whose request
+    /// still awaits its response keeps serving it, and closes after it.
     fn close_idle(&mut self) {
-        let mut asked = 0;
-        for conn in self.connections.values() {
-            if conn.requests == 0 {
-                let _ = conn.close.send(Close::IfIdle);
-                asked += 1;
-            }
+        for close in self.connections.values() {
+            let _ = close.send(Close::IfIdle);
         }
-        if asked > 0 {
-            info!("closing {asked} idle connection(s)");
+        if !self.connections.is_empty() {
+            info!(
+                "asking {} connection(s) to close once idle",
+                self.connections.len()
+            );
         }
     }
 }
@@ -719,13 +463,20 @@ impl Actor for DrainCoordinator {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        census::actor_started();
-        // Every request asks to be admitted: give bursts room.
-        ctx.set_mailbox_capacity(4096);
+        if let Some(census) = &self.census {
+            census.actor_started();
+        }
+        if let Some(emptied) = self.emptied.take() {
+            ctx.add_stream(futures_util::stream::unfold(emptied, |mut rx| async move {
+                rx.recv().await.map(|()| (GateEmptied, rx))
+            }));
+        }
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        census::actor_stopped();
+        if let Some(census) = &self.census {
+            census.actor_stopped();
+        }
     }
 }
 
@@ -733,61 +484,14 @@ impl Actor for DrainCoordinator {
 // Handlers
 // ----------------------------------------------------------------------------
 
-impl Handler<Admit> for DrainCoordinator {
-    type Result = Result<Permit, ShuttingDown>;
-
-    /// Admits while active or during the shutdown delay; never after.
-    fn handle(&mut self, msg: Admit, ctx: &mut Context<Self>) -> Self::Result {
-        if !self.current_phase().admitting() {
-            return Err(ShuttingDown);
-        }
-        let id = self.next_request;
-        self.next_request += 1;
-        let (cancel, cancel_rx) = oneshot::channel();
-        self.requests.insert(
-            id,
-            InFlight {
-                conn: msg.conn,
-                cancel: Some(cancel),
-            },
-        );
-        if let Some(conn) = msg.conn.and_then(|c| self.connections.get_mut(&c)) {
-            conn.requests += 1;
-        }
-        debug!("admitted request {id}; {} in flight", self.requests.len());
-        self.publish_in_flight();
-        Ok(Permit {
-            id,
-            cancel: cancel_rx,
-            finished: ctx.address().recipient(),
-            cancelled: false,
-            answered: false,
-            grace: self.linger,
-        })
-    }
-}
-
-impl Handler<RequestFinished> for DrainCoordinator {
-    type Result = ();
-
-    /// Counts one request down; the last one ends the drain.
-    fn handle(&mut self, msg: RequestFinished, ctx: &mut Context<Self>) {
-        let Some(request) = self.requests.remove(&msg.id) else {
-            return;
-        };
-        if let Some(conn) = request.conn.and_then(|c| self.connections.get_mut(&c)) {
-            conn.requests = conn.requests.saturating_sub(1);
-        }
-        if msg.cancelled {
-            if let DrainState::Draining(Drain { cut: Some(cut), .. }) = &mut self.state {
-                cut.cancelled += 1;
-            }
-        } else if msg.answered && !matches!(self.state, DrainState::Active) {
-            self.completed_in_drain += 1;
-        }
-        self.publish_in_flight();
+impl StreamHandler<GateEmptied> for DrainCoordinator {
+    /// The last permit of a closed gate is gone: the drain may be over.
+    fn handle(&mut self, _: GateEmptied, ctx: &mut Context<Self>) {
         self.check_work_done(ctx);
     }
+
+    /// The gate lives as long as this actor: nothing to do.
+    fn finished(&mut self, _: &mut Context<Self>) {}
 }
 
 impl Handler<ConnectionOpened> for DrainCoordinator {
@@ -795,13 +499,7 @@ impl Handler<ConnectionOpened> for DrainCoordinator {
 
     /// Remembers a connection (and how to close it).
     fn handle(&mut self, msg: ConnectionOpened, _: &mut Context<Self>) {
-        self.connections.insert(
-            msg.id,
-            Connection {
-                requests: 0,
-                close: msg.close,
-            },
-        );
+        self.connections.insert(msg.id, msg.close);
     }
 }
 
@@ -821,16 +519,16 @@ impl Handler<BeginDrain> for DrainCoordinator {
     /// Active → Draining; later calls change nothing.
     fn handle(&mut self, _: BeginDrain, _: &mut Context<Self>) -> usize {
         self.begin();
-        self.requests.len()
+        self.gate.in_flight()
     }
 }
 
 impl Handler<StopAdmitting> for DrainCoordinator {
-    type Result = ();
+    type Result = usize;
 
-    /// Ends admission and arms the deadline.
-    fn handle(&mut self, msg: StopAdmitting, ctx: &mut Context<Self>) {
-        self.stop_admitting(msg.drain_timeout, ctx);
+    /// Ends admission and arms the deadline; answers the count it closed on.
+    fn handle(&mut self, msg: StopAdmitting, ctx: &mut Context<Self>) -> usize {
+        self.stop_admitting(msg.drain_timeout, ctx)
     }
 }
 
@@ -853,12 +551,12 @@ impl Handler<ListenerClosed> for DrainCoordinator {
     }
 }
 
-impl Handler<CutShort> for DrainCoordinator {
+impl Handler<CutDrain> for DrainCoordinator {
     type Result = ();
 
     /// Cancels everything in flight now.
-    fn handle(&mut self, msg: CutShort, ctx: &mut Context<Self>) {
-        self.cut_short(msg.reason, ctx);
+    fn handle(&mut self, msg: CutDrain, ctx: &mut Context<Self>) {
+        self.cut(msg.reason, ctx);
     }
 }
 
@@ -874,15 +572,17 @@ impl Handler<StopActor> for DrainCoordinator {
 impl Handler<GetSnapshot> for DrainCoordinator {
     type Result = actix::MessageResult<GetSnapshot>;
 
-    /// Reports the phase and counts.
-    fn handle(&mut self, _: GetSnapshot, _: &mut Context<Self>) -> Self::Result {
+    /// Reports the state and counts (a gate that emptied since the last
+    /// message is seen first: the answer never lags the count).
+    fn handle(&mut self, _: GetSnapshot, ctx: &mut Context<Self>) -> Self::Result {
+        self.check_work_done(ctx);
         actix::MessageResult(Snapshot {
-            phase: self.current_phase(),
-            in_flight: self.requests.len(),
+            state: self.current(),
+            in_flight: self.gate.in_flight(),
             connections: self.connections.len(),
-            completed_in_drain: self.completed_in_drain,
+            completed_in_drain: self.gate.completed_in_drain(),
             outcome: match self.state {
-                DrainState::Stopped(outcome) => Some(outcome),
+                State::Stopped(outcome) => Some(outcome),
                 _ => None,
             },
         })
@@ -892,6 +592,7 @@ impl Handler<GetSnapshot> for DrainCoordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actix::Addr;
     use std::sync::{Arc, Mutex};
 
     /// Records the coordinator's reports.
@@ -910,8 +611,10 @@ mod tests {
 
     struct Harness {
         coordinator: Addr<DrainCoordinator>,
+        admission: Admission,
         reports: Arc<Mutex<Vec<DrainReport>>>,
-        phase: watch::Receiver<Phase>,
+        phase: watch::Receiver<DrainState>,
+        ids: std::cell::RefCell<ConnIds>,
     }
 
     const LINGER: Duration = Duration::from_millis(1000);
@@ -919,21 +622,29 @@ mod tests {
     fn start() -> Harness {
         let reports = Arc::new(Mutex::new(Vec::new()));
         let recorder = Recorder(reports.clone()).start();
-        let coordinator = DrainCoordinator::new(recorder.recipient(), LINGER);
+        let coordinator = DrainCoordinator::new(recorder.recipient(), LINGER, None);
+        let admission = coordinator.admission();
         let phase = coordinator.subscribe();
         Harness {
             coordinator: coordinator.start(),
+            admission,
             reports,
             phase,
+            ids: std::cell::RefCell::new(ConnIds::default()),
         }
     }
 
     impl Harness {
-        async fn admit(&self) -> Result<Permit, ShuttingDown> {
-            self.coordinator
-                .send(Admit { conn: None })
-                .await
-                .expect("coordinator alive")
+        async fn admit(&self) -> Result<Permit, NotAdmitted> {
+            self.admission.admit()
+        }
+        fn connect(&self) -> (ConnGuard, mpsc::UnboundedReceiver<Close>) {
+            let id = self.ids.borrow_mut().next_id();
+            ConnGuard::register(&self.coordinator, id)
+        }
+        /// The drain's end as the coordinator reports it.
+        fn done(outcome: Outcome, completed: usize) -> DrainReport {
+            DrainReport::WorkDone(WorkDone { outcome, completed })
         }
         async fn snapshot(&self) -> Snapshot {
             self.coordinator
@@ -957,7 +668,7 @@ mod tests {
                 .await
                 .expect("coordinator alive")
         }
-        async fn stop_admitting(&self, drain_timeout: Duration) {
+        async fn stop_admitting(&self, drain_timeout: Duration) -> usize {
             self.coordinator
                 .send(StopAdmitting { drain_timeout })
                 .await
@@ -965,7 +676,7 @@ mod tests {
         }
         async fn cut(&self, reason: CancelReason) {
             self.coordinator
-                .send(CutShort { reason })
+                .send(CutDrain { reason })
                 .await
                 .expect("coordinator alive")
         }
@@ -989,7 +700,7 @@ mod tests {
         drop(b);
         h.settle().await;
         assert_eq!(h.snapshot().await.in_flight, 0);
-        assert_eq!(h.snapshot().await.phase, Phase::Active);
+        assert_eq!(h.snapshot().await.state, DrainState::Active);
         assert!(h.reports().is_empty());
     }
 
@@ -999,7 +710,7 @@ mod tests {
         assert_eq!(h.begin_drain().await, 0);
         assert_eq!(
             *h.phase.borrow(),
-            Phase::Draining {
+            DrainState::Draining {
                 admitting: true,
                 cut: None
             }
@@ -1008,18 +719,18 @@ mod tests {
         h.stop_admitting(Duration::from_secs(30)).await;
         assert_eq!(
             *h.phase.borrow(),
-            Phase::Draining {
+            DrainState::Draining {
                 admitting: false,
                 cut: None
             }
         );
-        assert_eq!(h.admit().await.unwrap_err(), ShuttingDown);
+        assert_eq!(h.admit().await.unwrap_err(), NotAdmitted);
         assert!(h.reports().is_empty(), "work still in flight");
         drop(during_delay);
         h.settle().await;
-        assert_eq!(h.reports(), vec![DrainReport::WorkDone(Outcome::Drained)]);
-        assert_eq!(*h.phase.borrow(), Phase::Stopped);
-        assert_eq!(h.admit().await.unwrap_err(), ShuttingDown);
+        assert_eq!(h.reports(), vec![Harness::done(Outcome::Drained, 0)]);
+        assert_eq!(*h.phase.borrow(), DrainState::Stopped);
+        assert_eq!(h.admit().await.unwrap_err(), NotAdmitted);
     }
 
     #[actix_rt::test]
@@ -1034,12 +745,12 @@ mod tests {
         assert!(h.reports().is_empty(), "one request still in flight");
         drop(b);
         h.settle().await;
-        assert_eq!(h.reports(), vec![DrainReport::WorkDone(Outcome::Drained)]);
+        assert_eq!(h.reports(), vec![Harness::done(Outcome::Drained, 0)]);
         h.listener_closed(Duration::from_millis(100)).await;
         h.settle().await;
         assert_eq!(
             h.reports(),
-            vec![DrainReport::WorkDone(Outcome::Drained), DrainReport::Quiet]
+            vec![Harness::done(Outcome::Drained, 0), DrainReport::Quiet]
         );
     }
 
@@ -1049,7 +760,7 @@ mod tests {
         h.begin_drain().await;
         h.stop_admitting(Duration::from_secs(30)).await;
         h.settle().await;
-        assert_eq!(h.reports(), vec![DrainReport::WorkDone(Outcome::Drained)]);
+        assert_eq!(h.reports(), vec![Harness::done(Outcome::Drained, 0)]);
     }
 
     #[actix_rt::test]
@@ -1079,11 +790,14 @@ mod tests {
         h.settle().await;
         assert_eq!(
             h.reports(),
-            vec![DrainReport::WorkDone(Outcome::CutShort {
-                reason: CancelReason::DrainTimeout,
-                remaining: 2,
-                cancelled: 1,
-            })]
+            vec![Harness::done(
+                Outcome::CutShort {
+                    reason: CancelReason::DrainTimeout,
+                    remaining: 2,
+                    cancelled: 1,
+                },
+                0
+            )]
         );
     }
 
@@ -1101,7 +815,7 @@ mod tests {
         // the hard deadline for connections, as no listener was closed here.)
         assert_eq!(
             h.reports(),
-            vec![DrainReport::WorkDone(Outcome::Drained), DrainReport::Quiet]
+            vec![Harness::done(Outcome::Drained, 0), DrainReport::Quiet]
         );
     }
 
@@ -1119,7 +833,7 @@ mod tests {
         h.stop_admitting(Duration::from_secs(60)).await;
         assert_eq!(
             *h.phase.borrow(),
-            Phase::Draining {
+            DrainState::Draining {
                 admitting: false,
                 cut: None
             }
@@ -1141,17 +855,20 @@ mod tests {
         h.begin_drain().await;
         h.cut(CancelReason::ShutdownForced).await;
         assert_eq!(permit.cancelled().await, CancelReason::ShutdownForced);
-        assert_eq!(h.admit().await.unwrap_err(), ShuttingDown);
+        assert_eq!(h.admit().await.unwrap_err(), NotAdmitted);
         permit.mark_cancelled();
         drop(permit);
         h.settle().await;
         assert_eq!(
             h.reports(),
-            vec![DrainReport::WorkDone(Outcome::CutShort {
-                reason: CancelReason::ShutdownForced,
-                remaining: 1,
-                cancelled: 1,
-            })]
+            vec![Harness::done(
+                Outcome::CutShort {
+                    reason: CancelReason::ShutdownForced,
+                    remaining: 1,
+                    cancelled: 1,
+                },
+                0
+            )]
         );
     }
 
@@ -1173,53 +890,88 @@ mod tests {
         h.settle().await;
         assert_eq!(
             h.reports()[0],
-            DrainReport::WorkDone(Outcome::CutShort {
-                reason: CancelReason::ShutdownForced,
-                remaining: 1,
-                cancelled: 0,
-            })
+            Harness::done(
+                Outcome::CutShort {
+                    reason: CancelReason::ShutdownForced,
+                    remaining: 1,
+                    cancelled: 0,
+                },
+                0
+            )
         );
     }
 
+    /// The sweep asks every connection; one whose request still awaits its
+    /// answer keeps serving it (the serve loop decides, it knows), then
+    /// closes by itself.
     #[actix_rt::test]
-    async fn idle_connections_close_after_grace_busy_ones_do_not() {
+    async fn connections_are_asked_to_close_if_idle_after_the_grace() {
         tokio::time::pause();
         let h = start();
-        let (idle, mut idle_close) = ConnGuard::register(&h.coordinator);
-        let (busy, mut busy_close) = ConnGuard::register(&h.coordinator);
-        let permit = h
-            .coordinator
-            .send(Admit {
-                conn: Some(busy.id()),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        let (idle, mut idle_close) = h.connect();
+        let (busy, mut busy_close) = h.connect();
+        let permit = h.admit().await.unwrap();
         h.begin_drain().await;
-        h.stop_admitting(Duration::from_secs(30)).await;
+        assert_eq!(h.stop_admitting(Duration::from_secs(30)).await, 1);
         h.listener_closed(Duration::from_millis(100)).await;
         tokio::time::sleep(Duration::from_millis(99)).await;
         h.settle().await;
-        assert!(idle_close.try_recv().is_err(), "closed before the grace");
+        assert!(idle_close.try_recv().is_err(), "asked before the grace");
         tokio::time::sleep(Duration::from_millis(2)).await;
         h.settle().await;
-        assert_eq!(
-            idle_close.try_recv(),
-            Ok(Close::IfIdle),
-            "idle connection closed"
-        );
-        assert!(busy_close.try_recv().is_err(), "busy connection left alone");
+        assert_eq!(idle_close.try_recv(), Ok(Close::IfIdle));
+        assert_eq!(busy_close.try_recv(), Ok(Close::IfIdle));
         drop(idle);
         drop(permit);
         h.settle().await;
-        assert_eq!(h.reports(), vec![DrainReport::WorkDone(Outcome::Drained)]);
+        assert_eq!(h.reports(), vec![Harness::done(Outcome::Drained, 0)]);
+        assert!(busy_close.try_recv().is_err(), "never told to close now");
         // The busy connection closes itself after its answer.
         drop(busy);
         h.settle().await;
         assert_eq!(
             h.reports(),
-            vec![DrainReport::WorkDone(Outcome::Drained), DrainReport::Quiet]
+            vec![Harness::done(Outcome::Drained, 0), DrainReport::Quiet]
         );
+    }
+
+    #[actix_rt::test]
+    async fn answered_work_during_the_drain_is_counted_as_completed() {
+        let h = start();
+        let mut before = h.admit().await.unwrap();
+        before.mark_answered();
+        drop(before);
+        let mut during = h.admit().await.unwrap();
+        let unanswered = h.admit().await.unwrap();
+        assert_eq!(h.begin_drain().await, 2);
+        during.mark_answered();
+        drop(during);
+        drop(unanswered);
+        h.stop_admitting(Duration::from_secs(30)).await;
+        h.settle().await;
+        assert_eq!(h.reports(), vec![Harness::done(Outcome::Drained, 1)]);
+        assert_eq!(h.snapshot().await.completed_in_drain, 1);
+    }
+
+    /// The gate: no permit once closed, and the last drop of a closed gate
+    /// ends the drain even when it happens on another thread.
+    #[actix_rt::test]
+    async fn a_permit_dropped_on_another_thread_ends_the_drain() {
+        let h = start();
+        let permit = h.admit().await.unwrap();
+        h.stop_admitting(Duration::from_secs(30)).await;
+        assert_eq!(h.admit().await.unwrap_err(), NotAdmitted);
+        std::thread::spawn(move || drop(permit))
+            .join()
+            .expect("thread ran");
+        for _ in 0..50 {
+            if !h.reports().is_empty() {
+                break;
+            }
+            h.settle().await;
+        }
+        assert_eq!(h.reports(), vec![Harness::done(Outcome::Drained, 0)]);
+        assert_eq!(h.admission.in_flight(), 0);
     }
 
     #[actix_rt::test]
@@ -1230,7 +982,7 @@ mod tests {
         // Already published when StopAdmitting has been handled.
         assert_eq!(
             *h.phase.borrow(),
-            Phase::Draining {
+            DrainState::Draining {
                 admitting: false,
                 cut: Some(CancelReason::DrainTimeout)
             }
@@ -1243,14 +995,14 @@ mod tests {
         let h = start();
         h.cut(CancelReason::ShutdownForced).await;
         h.settle().await;
-        assert_eq!(h.reports(), vec![DrainReport::WorkDone(Outcome::Drained)]);
+        assert_eq!(h.reports(), vec![Harness::done(Outcome::Drained, 0)]);
     }
 
     #[actix_rt::test]
     async fn a_cut_closes_idle_connections_without_the_grace() {
         tokio::time::pause();
         let h = start();
-        let (_idle, mut idle_close) = ConnGuard::register(&h.coordinator);
+        let (_idle, mut idle_close) = h.connect();
         h.begin_drain().await;
         h.cut(CancelReason::ShutdownForced).await;
         h.listener_closed(Duration::from_secs(60)).await;
@@ -1262,16 +1014,16 @@ mod tests {
     async fn a_cut_after_the_work_is_done_closes_what_is_left_now() {
         tokio::time::pause();
         let h = start();
-        let (_slow_reader, mut close) = ConnGuard::register(&h.coordinator);
+        let (_slow_reader, mut close) = h.connect();
         h.stop_admitting(Duration::from_secs(30)).await;
         h.settle().await;
-        assert_eq!(h.reports(), vec![DrainReport::WorkDone(Outcome::Drained)]);
+        assert_eq!(h.reports(), vec![Harness::done(Outcome::Drained, 0)]);
         h.cut(CancelReason::ShutdownForced).await;
         h.settle().await;
         assert_eq!(close.try_recv(), Ok(Close::Now));
         assert_eq!(
             h.reports(),
-            vec![DrainReport::WorkDone(Outcome::Drained), DrainReport::Quiet]
+            vec![Harness::done(Outcome::Drained, 0), DrainReport::Quiet]
         );
     }
 
@@ -1279,19 +1031,19 @@ mod tests {
     async fn connection_that_never_closes_is_closed_at_the_hard_deadline() {
         tokio::time::pause();
         let h = start();
-        let (_guard, mut close) = ConnGuard::register(&h.coordinator);
+        let (_guard, mut close) = h.connect();
         let permit = h.admit().await.unwrap();
         h.stop_admitting(Duration::from_secs(30)).await;
         h.listener_closed(Duration::from_secs(60)).await;
         drop(permit);
         h.settle().await;
-        assert_eq!(h.reports(), vec![DrainReport::WorkDone(Outcome::Drained)]);
+        assert_eq!(h.reports(), vec![Harness::done(Outcome::Drained, 0)]);
         tokio::time::sleep(LINGER + Duration::from_millis(1)).await;
         h.settle().await;
         assert_eq!(close.try_recv(), Ok(Close::Now));
         assert_eq!(
             h.reports(),
-            vec![DrainReport::WorkDone(Outcome::Drained), DrainReport::Quiet]
+            vec![Harness::done(Outcome::Drained, 0), DrainReport::Quiet]
         );
     }
 }

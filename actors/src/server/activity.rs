@@ -55,6 +55,9 @@ pub struct Activity {
     parked: RefCell<Option<Waker>>,
     /// Since when nothing has been owed either way (unset: not idle).
     idle_since: Cell<Option<Instant>>,
+    /// Shielded requests past the cut whose answers are still owed: the
+    /// hard deadline does not close the connection before they are written.
+    shielded: Cell<u64>,
 }
 
 /// What ran out on a connection.
@@ -75,6 +78,21 @@ pub enum Expired {
 }
 
 impl Activity {
+    /// A shielded request kept running past the cut.
+    pub fn shield_held(&self) {
+        self.shielded.set(self.shielded.get() + 1);
+    }
+
+    /// That request has answered.
+    pub fn shield_released(&self) {
+        self.shielded.set(self.shielded.get().saturating_sub(1));
+    }
+
+    /// Whether a shielded request's answer is still owed.
+    pub fn holds_shielded(&self) -> bool {
+        self.shielded.get() > 0
+    }
+
     /// True when the client sent something that has not been answered yet.
     pub fn awaiting_response(&self) -> bool {
         self.awaiting.get()

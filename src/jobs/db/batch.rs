@@ -39,10 +39,11 @@ use super::Job;
 /// How long a cancel sent to PostgreSQL has to be confirmed (the statement
 /// ends with `query_canceled`) before the jobs it was for are answered
 /// "may or may not have been stored". It fits inside the coordinator's
-/// allowance for cancelled work ([`crate::drain::CANCEL_ALLOWANCE`]).
+/// allowance for cancelled work ([`drainer_engine::drain::CANCEL_ALLOWANCE`]).
 pub const CANCEL_CONFIRM: Duration = Duration::from_millis(300);
 
-const _: () = assert!(CANCEL_CONFIRM.as_millis() < crate::drain::CANCEL_ALLOWANCE.as_millis());
+const _: () =
+    assert!(CANCEL_CONFIRM.as_millis() < drainer_engine::drain::CANCEL_ALLOWANCE.as_millis());
 
 /// How long a batch that lost its connection waits between two tries to get
 /// a new one.

@@ -44,11 +44,10 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-use crate::census;
-use crate::lifecycle::StopActor;
 pub use batch::CANCEL_CONFIRM;
 use batch::{write_batch, CallOffAt, Queued};
 use conn::{Object, PgManager, Pool, PoolError};
+use drainer_engine::{Census, StopActor};
 use error::Redactor;
 pub use error::{CallOff, DbError};
 
@@ -220,9 +219,17 @@ pub struct DbActor {
     max_writing: usize,
     batch_size: usize,
     queue_bound: usize,
+    /// The engine's leak check.
+    census: Option<Census>,
 }
 
 impl DbActor {
+    /// Counts this actor in the engine's `census` (the leak check).
+    pub fn counted_in(mut self, census: Census) -> Self {
+        self.census = Some(census);
+        self
+    }
+
     /// Connects, applies the schema and registers `host:port` as active.
     /// Call it before serving: its errors are start-up failures.
     pub async fn open(settings: &DbSettings, host: &str, port: u16) -> Result<DbActor, DbError> {
@@ -283,6 +290,7 @@ impl DbActor {
             max_writing: settings.pool_size.max(1),
             batch_size: settings.batch_size.max(1),
             queue_bound: settings.queue_bound.max(1),
+            census: None,
         })
     }
 }
@@ -364,13 +372,17 @@ impl Actor for DbActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        census::actor_started();
+        if let Some(census) = &self.census {
+            census.actor_started();
+        }
         // Every POST /work writes through here: give bursts room.
         ctx.set_mailbox_capacity(4096);
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        census::actor_stopped();
+        if let Some(census) = &self.census {
+            census.actor_stopped();
+        }
     }
 }
 

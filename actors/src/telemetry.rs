@@ -9,11 +9,15 @@
 //!   `drainer`.
 //! - otherwise nothing is exported.
 //!
-//! The spans themselves are made in the actors crate through the global
-//! tracer; with no provider installed they cost nothing.
+//! The spans themselves are made by the lifecycle runner through the global
+//! tracer; with no provider installed they cost nothing. `OTEL_SERVICE_NAME`
+//! unset: the service is named after the program.
 
+use futures_util::future::LocalBoxFuture;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
+
+use crate::lifecycle::PhaseCtx;
 
 /// The installed provider, if any.
 pub struct Telemetry {
@@ -42,7 +46,7 @@ impl Telemetry {
             .map_err(|e| format!("cannot build the OTLP exporter: {e}"))?;
         let mut resource = Resource::builder();
         if var("OTEL_SERVICE_NAME").is_none() {
-            resource = resource.with_service_name("drainer");
+            resource = resource.with_service_name(program_name());
         }
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
@@ -55,23 +59,47 @@ impl Telemetry {
         })
     }
 
-    /// The `flush_telemetry` phase's work: export what has ended so far.
-    pub fn flusher(&self) -> Box<dyn FnOnce() -> Result<(), String> + Send> {
+    /// A stop hook's work (register it as `flush_telemetry`): export the
+    /// spans that have ended so far, on a thread of its own, so that an
+    /// exporter that hangs is cut at the phase's deadline and cannot hold
+    /// the exit.
+    pub fn flush_hook(
+        &self,
+    ) -> impl FnOnce(PhaseCtx) -> LocalBoxFuture<'static, Result<(), String>> + 'static {
         let provider = self.provider.clone();
-        Box::new(move || match provider {
-            Some(p) => p.force_flush().map_err(|e| e.to_string()),
-            None => Ok(()),
-        })
+        move |_| {
+            Box::pin(async move {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                std::thread::spawn(move || {
+                    let _ = tx.send(match provider {
+                        Some(p) => p.force_flush().map_err(|e| e.to_string()),
+                        None => Ok(()),
+                    });
+                });
+                rx.await
+                    .unwrap_or_else(|_| Err("the exporter panicked".to_string()))
+            })
+        }
     }
 
     /// At exit: exports the rest (the root span and the last phase) and
     /// stops, within the exit's share of the shutdown budget.
     pub fn shutdown(self) {
         if let Some(provider) = self.provider {
-            let allowance = drainer_actors::lifecycle::EXIT_ALLOWANCE / 2;
+            let allowance = crate::lifecycle::EXIT_ALLOWANCE / 2;
             if let Err(e) = provider.shutdown_with_timeout(allowance) {
                 log::warn!("traces: the final export failed: {e}");
             }
         }
     }
+}
+
+/// The running program's name (`drainer`, `hello`).
+pub(crate) fn program_name() -> String {
+    std::env::args()
+        .next()
+        .as_deref()
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_name())
+        .map_or_else(|| "drainer".into(), |n| n.to_string_lossy().into_owned())
 }

@@ -8,7 +8,7 @@
 use std::fmt;
 
 use super::conn::PoolError;
-use crate::drain::CancelReason;
+use drainer_engine::CancelReason;
 
 /// Why a job's write was called off before it committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

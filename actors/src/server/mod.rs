@@ -1,4 +1,4 @@
-//! The HTTP transport: drainer's own accept loop feeding actix-web workers.
+//! The HTTP transport: the engine's own accept loop feeding actix-web workers.
 //!
 //! actix-web's `HttpServer` decides on its own when connections close and when
 //! the process stops (its graceful stop polls once a second and closes idle
@@ -20,6 +20,7 @@
 //!   keep-alive.
 
 mod activity;
+mod builder;
 mod framing;
 pub mod listener;
 mod stream;
@@ -31,18 +32,21 @@ use std::time::Duration;
 use actix::{Actor, ActorContext, Addr, Context, Handler, ResponseFuture};
 use actix_rt::Arbiter;
 use actix_service::{map_config, Service, ServiceFactory};
-use actix_web::dev::AppConfig;
-use drainer_actors::{
-    census, Close, CloseListener, ConnGuard, Core, DrainCoordinator, Metrics, StopTransport,
-    Transport,
-};
+use actix_web::body::MessageBody;
+use actix_web::dev::{AppConfig, ServiceRequest, ServiceResponse};
+use actix_web::{App, ResponseError};
 use log::{error, info};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::http;
+use crate::census::Census;
+use crate::drain::{Close, ConnGuard, ConnIds, DrainCoordinator};
+use crate::http::{self, EngineData, EngineError};
+use crate::metrics::Metrics;
+use crate::transport::{CloseListener, Core, StopTransport, Transport};
 pub use activity::Activity;
 use activity::Expired;
+pub use builder::{Server, StartError};
 use stream::TrackedStream;
 
 /// How long an idle keep-alive connection stays open while serving normally.
@@ -59,29 +63,51 @@ struct Conn {
     close: mpsc::UnboundedReceiver<Close>,
 }
 
+/// What every worker builds its service from.
+#[derive(Clone)]
+pub(crate) struct WorkerSetup<F> {
+    pub factory: F,
+    pub data: EngineData,
+    pub local: SocketAddr,
+    pub census: Census,
+}
+
 /// Starts the workers and the accept loop; answers how the Supervisor reaches them.
-pub fn start(
+pub(crate) fn start<F, T, B>(
     listener: TcpListener,
     core: &Core,
-    settings: http::HttpSettings,
+    setup: WorkerSetup<F>,
     workers: usize,
-) -> Transport {
+) -> Transport
+where
+    F: Fn() -> App<T> + Send + Clone + 'static,
+    T: ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<B>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+    B: MessageBody + 'static,
+{
+    let census = core.census.clone();
     let mut arbiters = Vec::with_capacity(workers);
     let mut queues = Vec::with_capacity(workers.max(1));
     if workers == 0 {
         // Serve on the System's own thread, beside the actors: no message
         // crosses a thread.
         let (tx, rx) = mpsc::unbounded_channel();
-        census::spawn(worker(core.clone(), settings, rx));
+        census.spawn(worker(setup.clone(), core.metrics.clone(), rx));
         queues.push(tx);
     }
     for _ in 0..workers {
         let arbiter = Arbiter::new();
         let (tx, rx) = mpsc::unbounded_channel();
-        let core = core.clone();
+        let (setup, metrics) = (setup.clone(), core.metrics.clone());
         // The App is not Send: it is built on the worker thread itself.
         arbiter.spawn_fn(move || {
-            census::spawn(worker(core, settings, rx));
+            let census = setup.census.clone();
+            census.spawn(worker(setup, metrics, rx));
         });
         arbiters.push(arbiter);
         queues.push(tx);
@@ -89,13 +115,15 @@ pub fn start(
     let (close_tx, close_rx) = oneshot::channel();
     let dispatcher = Dispatcher {
         coordinator: core.coordinator.clone(),
+        ids: ConnIds::default(),
         workers: queues,
         next: 0,
     };
-    census::spawn(accept_loop(listener, close_rx, dispatcher));
+    census.spawn(accept_loop(listener, close_rx, dispatcher));
     let actor = HttpTransport {
         close: Some(close_tx),
         workers: arbiters,
+        census,
     }
     .start();
     Transport {
@@ -107,6 +135,8 @@ pub fn start(
 /// Hands accepted connections to the workers, round robin.
 struct Dispatcher {
     coordinator: Addr<DrainCoordinator>,
+    /// Connection ids: this listener's own.
+    ids: ConnIds,
     workers: Vec<mpsc::UnboundedSender<Conn>>,
     next: usize,
 }
@@ -115,7 +145,7 @@ impl Dispatcher {
     fn dispatch(&mut self, stream: std::net::TcpStream) {
         // Registered here, on the accept loop, so the coordinator hears of the
         // connection before it hears that the listener closed.
-        let (guard, close) = ConnGuard::register(&self.coordinator);
+        let (guard, close) = ConnGuard::register(&self.coordinator, self.ids.next_id());
         let mut conn = Conn {
             stream,
             guard,
@@ -180,13 +210,24 @@ pub(crate) async fn accept_error(e: std::io::Error) {
 }
 
 /// One worker thread: builds the App once, then serves each connection it is handed.
-async fn worker(
-    core: Core,
-    settings: http::HttpSettings,
+async fn worker<F, T, B>(
+    setup: WorkerSetup<F>,
+    metrics: Metrics,
     mut conns: mpsc::UnboundedReceiver<Conn>,
-) {
-    let client_timeout = settings.client_request_timeout;
-    let metrics = core.metrics.clone();
+) where
+    F: Fn() -> App<T> + Send + Clone + 'static,
+    T: ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<B>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+    B: MessageBody + 'static,
+{
+    let client_timeout = setup.data.client_request_timeout;
+    let local = setup.local;
+    let app = http::wrap((setup.factory)(), setup.data.clone());
     let factory = actix_http::HttpService::build()
         .keep_alive(DISPATCHER_KEEP_ALIVE)
         // Every head, the first included, is timed by the connection's
@@ -196,8 +237,13 @@ async fn worker(
             ext.insert(io.conn_id());
             ext.insert(io.activity());
         })
-        .h1(map_config(http::app(core, settings), |_| {
-            AppConfig::default()
+        // The host a request without a Host header resolves to, and the
+        // local address, are the listener's own. (actix-web keeps
+        // `AppConfig::new` private; this public, doc-hidden constructor is
+        // semver-exempt, so the workspace pins actix-web's minor version and
+        // a test checks what a handler sees.)
+        .h1(map_config(app, move |_| {
+            AppConfig::__priv_test_new(false, local.to_string(), local)
         }));
     let service = match factory.new_service(()).await {
         Ok(service) => Rc::new(service),
@@ -207,7 +253,7 @@ async fn worker(
         }
     };
     while let Some(conn) = conns.recv().await {
-        census::spawn(serve(
+        setup.census.spawn(serve(
             service.clone(),
             conn,
             client_timeout,
@@ -221,8 +267,8 @@ async fn worker(
 /// dispatcher never saw the request): the same 408 the app gives a body that
 /// stalls, with `Connection: close`.
 fn head_timeout_answer() -> Vec<u8> {
-    let error = http::error::ApiError::ClientTimeout;
-    let status = actix_web::ResponseError::status_code(&error);
+    let error = EngineError::ClientTimeout;
+    let status = error.status_code();
     let body = error.body().to_string();
     format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
@@ -273,6 +319,9 @@ where
                 // A request on it still awaits its answer, which carries
                 // `Connection: close`: the connection will end by itself.
                 Some(Close::IfIdle) if activity.awaiting_response() => continue,
+                // Shielded work past the cut still owes its answer: it is
+                // written before the connection closes (bounded by the budget).
+                Some(Close::Now) if activity.holds_shielded() => continue,
                 // Dropping the dispatcher closes the socket and drops the guard.
                 Some(Close::IfIdle | Close::Now) | None => return,
             },
@@ -343,17 +392,18 @@ struct HttpTransport {
     /// Taken by the first [`CloseListener`].
     close: Option<oneshot::Sender<oneshot::Sender<usize>>>,
     workers: Vec<Arbiter>,
+    census: Census,
 }
 
 impl Actor for HttpTransport {
     type Context = Context<Self>;
 
     fn started(&mut self, _: &mut Context<Self>) {
-        census::actor_started();
+        self.census.actor_started();
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        census::actor_stopped();
+        self.census.actor_stopped();
     }
 }
 

@@ -22,14 +22,10 @@ use actix_web::web::{self, Bytes};
 use actix_web::HttpMessage;
 use futures_util::Stream;
 
-use super::HttpSettings;
+use super::{EngineData, EngineError};
 use crate::server::Activity;
-use drainer_actors::Core;
-
-/// The error a body read ends with when its deadline passes.
-pub fn is_timeout(e: &PayloadError) -> bool {
-    matches!(e, PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
-}
+use actix_web::ResponseError;
+use std::cell::Cell;
 
 /// See the module documentation.
 pub async fn client_deadline(
@@ -37,28 +33,41 @@ pub async fn client_deadline(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let activity = req.conn_data::<Rc<Activity>>().cloned();
-    let timeout = req
-        .app_data::<web::Data<HttpSettings>>()
-        .map(|s| s.client_request_timeout);
-    if let (Some(activity), Some(timeout)) = (&activity, timeout) {
+    let data = req.app_data::<web::Data<EngineData>>().cloned();
+    let fired = Rc::new(Cell::new(false));
+    if let (Some(activity), Some(data)) = (&activity, &data) {
         let began = activity.request_started().unwrap_or_else(Instant::now);
+        let timeout = data.client_request_timeout;
         // A request without a body (every probe) has nothing to bound.
         match req.take_payload() {
             Payload::None => {}
-            body => req.set_payload(Payload::from(Box::pin(Deadline::new(body, began, timeout))
+            body => req.set_payload(Payload::from(Box::pin(Deadline::new(
+                body,
+                began,
+                timeout,
+                fired.clone(),
+            ))
                 as Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>)),
         }
     }
-    let metrics = req
-        .app_data::<web::Data<Core>>()
-        .map(|core| core.metrics.clone());
     let answer = next.call(req).await;
     if let Some(activity) = activity {
         activity.answered();
     }
-    if let (Ok(res), Some(metrics)) = (&answer, metrics) {
+    let answer = answer.map(|res| {
+        // The body ran out of time, whatever the handler made of the error:
+        // 408, and the connection ends (the rest would never be read).
+        if fired.get() && res.status().is_client_error() {
+            let (req, _) = res.into_parts();
+            ServiceResponse::new(req, EngineError::ClientTimeout.error_response())
+                .map_into_right_body()
+        } else {
+            res.map_into_left_body()
+        }
+    });
+    if let (Ok(res), Some(data)) = (&answer, &data) {
         if res.status() == actix_web::http::StatusCode::REQUEST_TIMEOUT {
-            metrics.client_timeout("body");
+            data.metrics.client_timeout("body");
         }
     }
     answer
@@ -68,14 +77,17 @@ pub async fn client_deadline(
 struct Deadline {
     body: Payload,
     timer: Pin<Box<actix_rt::time::Sleep>>,
+    /// Set when the deadline passed before the body's end.
+    fired: Rc<Cell<bool>>,
 }
 
 impl Deadline {
-    fn new(body: Payload, began: Instant, timeout: Duration) -> Self {
+    fn new(body: Payload, began: Instant, timeout: Duration, fired: Rc<Cell<bool>>) -> Self {
         let at = tokio::time::Instant::from_std(began + timeout);
         Deadline {
             body,
             timer: Box::pin(actix_rt::time::sleep_until(at)),
+            fired,
         }
     }
 }
@@ -88,10 +100,13 @@ impl Stream for Deadline {
             return Poll::Ready(item);
         }
         match self.timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the request body did not arrive within CLIENT_REQUEST_TIMEOUT_MS",
-            ))))),
+            Poll::Ready(()) => {
+                self.fired.set(true);
+                Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the request body did not arrive within CLIENT_REQUEST_TIMEOUT_MS",
+                )))))
+            }
             Poll::Pending => Poll::Pending,
         }
     }

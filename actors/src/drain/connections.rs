@@ -1,0 +1,93 @@
+//! The open connections, as the coordinator sees them: each one registered
+//! by a [`ConnGuard`] that the transport keeps for as long as the socket lives.
+
+use std::fmt;
+
+use actix::{Addr, Message, Recipient};
+use tokio::sync::mpsc;
+
+use super::DrainCoordinator;
+
+/// Identifies one open connection (unique within one transport).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(pub(crate) u64);
+
+/// Hands out connection ids; one per transport, no process-wide counter.
+#[derive(Debug, Default)]
+pub struct ConnIds(u64);
+
+impl ConnIds {
+    /// The next id.
+    pub fn next_id(&mut self) -> ConnId {
+        self.0 = self.0.wrapping_add(1);
+        ConnId(self.0)
+    }
+}
+
+/// What the coordinator asks of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// Close it unless a request on it still awaits its response: the idle
+    /// sweep after the listener closed. A busy connection closes itself after
+    /// its answer, which carries `Connection: close`.
+    IfIdle,
+    /// Close it now: the hard deadline, or a forced shutdown (a connection
+    /// that still owes the answer of shielded work waits for that answer).
+    Now,
+}
+
+/// Sent by [`ConnGuard::register`]: a connection was accepted.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct ConnectionOpened {
+    pub(crate) id: ConnId,
+    pub(crate) close: mpsc::UnboundedSender<Close>,
+}
+
+/// Sent by [`ConnGuard`]'s `Drop`: a connection is gone.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct ConnectionClosed {
+    pub(crate) id: ConnId,
+}
+
+/// Held by a transport for as long as one connection lives.
+pub struct ConnGuard {
+    id: ConnId,
+    closed: Recipient<ConnectionClosed>,
+}
+
+impl ConnGuard {
+    /// Registers a new connection. The receiver tells the transport when the
+    /// coordinator wants the connection closed (see [`Close`]); the transport
+    /// then drops the socket, and the guard with it.
+    pub fn register(
+        coordinator: &Addr<DrainCoordinator>,
+        id: ConnId,
+    ) -> (ConnGuard, mpsc::UnboundedReceiver<Close>) {
+        let (close, close_rx) = mpsc::unbounded_channel();
+        coordinator.do_send(ConnectionOpened { id, close });
+        let guard = ConnGuard {
+            id,
+            closed: coordinator.clone().recipient(),
+        };
+        (guard, close_rx)
+    }
+
+    /// The connection's id.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+}
+
+impl fmt::Debug for ConnGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ConnGuard").field(&self.id).finish()
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.closed.do_send(ConnectionClosed { id: self.id });
+    }
+}

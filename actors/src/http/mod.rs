@@ -1,0 +1,75 @@
+//! The engine's HTTP layer, wrapped around the application's `App`:
+//!
+//! - [`policy`] — probes, admission of every other request, the cut, and
+//!   `Connection: close` once a drain begins;
+//! - [`deadline`] — the client's deadline on its request body (408), and the
+//!   count of answers that paces reading;
+//! - [`probes`] — the probe paths and readiness checks;
+//! - [`work`] — [`Work`], a handler's view of its admission;
+//! - [`error`] — [`EngineError`], the answers the engine gives itself.
+
+pub(crate) mod deadline;
+pub mod error;
+pub(crate) mod policy;
+pub mod probes;
+pub mod work;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App};
+use tokio::sync::watch;
+
+use crate::drain::{Admission, DrainState};
+use crate::metrics::Metrics;
+pub use error::EngineError;
+pub use probes::{Probes, ReadinessCheck};
+pub use work::Work;
+
+/// Told of each request the engine answers instead of the application.
+/// It is told the request's method and path.
+pub type OnEngineAnswer = Arc<dyn Fn(&Method, &str, EngineError) + Send + Sync>;
+
+/// What the middleware reads, shared by every worker.
+#[derive(Clone)]
+pub(crate) struct EngineData {
+    pub admission: Admission,
+    pub state: watch::Receiver<DrainState>,
+    pub probes: Probes,
+    pub readiness: Vec<(String, ReadinessCheck)>,
+    pub on_engine_answer: Option<OnEngineAnswer>,
+    pub client_request_timeout: Duration,
+    pub metrics: Metrics,
+}
+
+/// The application's `App`, inside the engine's middleware.
+pub(crate) fn wrap<T, B>(
+    app: App<T>,
+    data: EngineData,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+>
+where
+    T: ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<B>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+    B: MessageBody + 'static,
+{
+    app.app_data(web::Data::new(data))
+        .wrap(from_fn(policy::drain_policy))
+        .wrap(from_fn(deadline::client_deadline))
+}

@@ -1,0 +1,126 @@
+//! The drain policy, one middleware around the application:
+//!
+//! - probes are answered here (see [`super::probes`]);
+//! - every other request is admitted and counted — or, once admission has
+//!   stopped, answered 503 `{"error":"server_shutting_down"}` without being
+//!   processed;
+//! - at the drain's cut, a handler that has not finished and is not shielded
+//!   is dropped and answered 503 `{"error":"drain_timeout"}` or
+//!   `{"error":"shutdown_forced"}`; a shielded one runs on and answers itself;
+//! - from the moment a drain begins every response carries `Connection: close`.
+
+use std::rc::Rc;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{ConnectionType, Method};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage, ResponseError};
+
+use super::error::EngineError;
+use super::work::Work;
+use super::{probes, EngineData};
+use crate::server::Activity;
+
+/// See the module documentation.
+pub(crate) async fn drain_policy<B: MessageBody + 'static>(
+    req: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
+    let Some(data) = req.app_data::<web::Data<EngineData>>().cloned() else {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body);
+    };
+    let state = || *data.state.borrow();
+    if let Some(probe) = data.probes.find(req.path()) {
+        // Only a GET is a probe; another method is refused like any request
+        // once admission has stopped, and is 405 before.
+        let res = if req.method() == Method::GET {
+            probes::answer(probe, state(), &data.readiness).await
+        } else if data.admission.is_closed() {
+            EngineError::ShuttingDown.error_response()
+        } else {
+            EngineError::MethodNotAllowed.error_response()
+        };
+        let mut res = req.into_response(res);
+        if !state().is_active() {
+            close_connection(&mut res);
+        }
+        return Ok(res.map_into_right_body());
+    }
+    let Ok(mut permit) = data.admission.admit() else {
+        if let Some(told) = &data.on_engine_answer {
+            told(req.method(), req.path(), EngineError::ShuttingDown);
+        }
+        let mut res = req.into_response(EngineError::ShuttingDown.error_response());
+        close_connection(&mut res);
+        return Ok(res.map_into_right_body());
+    };
+    let work = Work::new(&permit, data.state.clone());
+    req.extensions_mut().insert(work.clone());
+    let activity = req.conn_data::<Rc<Activity>>().cloned();
+    // (Not the request itself: a clone would stop actix-web's routing.)
+    let told = data
+        .on_engine_answer
+        .as_ref()
+        .map(|told| (told.clone(), req.method().clone(), req.path().to_owned()));
+    let mut handler = Box::pin(next.call(req));
+    let mut held = false;
+    let answer = loop {
+        tokio::select! {
+            biased;
+            answer = &mut handler => break Ok(answer),
+            reason = work.cancelled(), if !held => {
+                if work.try_drop() {
+                    permit.mark_cancelled();
+                    break Err(reason);
+                }
+                held = true;
+                if let Some(activity) = &activity {
+                    activity.shield_held();
+                }
+            }
+        }
+    };
+    if held {
+        if let Some(activity) = &activity {
+            activity.shield_released();
+        }
+    }
+    let mut res = match answer {
+        Ok(Ok(res)) => {
+            work.settle(&mut permit, !res.status().is_server_error());
+            res.map_into_left_body()
+        }
+        Ok(Err(e)) => {
+            work.settle(&mut permit, false);
+            return Err(e);
+        }
+        // Dropped at the cut: the handler's future is gone with `handler`.
+        Err(reason) => {
+            drop(handler);
+            drop(permit);
+            if let Some((told, method, path)) = told {
+                told(&method, &path, EngineError::Cut(reason));
+            }
+            // Answered by actix-web from the error: 503 with the reason, and
+            // the connection closes after it.
+            return Err(EngineError::Cut(reason).into());
+        }
+    };
+    drop(permit);
+    // Checked after the work: a request that began before the drain and ends
+    // during it also tells its client to go elsewhere.
+    if !state().is_active() {
+        close_connection(&mut res);
+    }
+    Ok(res)
+}
+
+fn close_connection<B>(res: &mut ServiceResponse<B>) {
+    res.response_mut()
+        .head_mut()
+        .set_connection_type(ConnectionType::Close);
+}

@@ -1,0 +1,237 @@
+//! [`Server`]: what an actix-web user writes instead of
+//! `HttpServer::new(f).bind(a)?.run().await`.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
+use actix_web::App;
+use futures_util::future::LocalBoxFuture;
+use log::info;
+
+use super::{listener, WorkerSetup};
+use crate::engine::Engine;
+use crate::http::{EngineData, EngineError, Probes, ReadinessCheck};
+use crate::lifecycle::BudgetShort;
+use crate::supervisor::{Report, ShutdownSettings};
+
+/// From a request's first byte, how long the client has to send all of it
+/// (and to read its answers), by default.
+pub const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the engine could not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No listener: neither [`Server::bind`] nor [`Server::listen`] was called.
+    #[error("no address to listen on (Server::bind or Server::listen)")]
+    NoListener,
+    /// The port is taken.
+    #[error("port {port} is already in use")]
+    PortInUse {
+        /// The port asked for.
+        port: u16,
+    },
+    /// The listener could not be set up.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address asked for.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The admin listener could not be set up.
+    #[error("the admin listener cannot serve: {0}")]
+    Admin(std::io::Error),
+    /// The budget cannot hold the phases.
+    #[error("invalid configuration: {0}")]
+    Budget(BudgetShort),
+    /// The signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The Supervisor stopped without a report (the System went away).
+    #[error("the engine stopped without a report")]
+    Lost,
+}
+
+/// See the module documentation. `F` is the same `App` factory closure
+/// `HttpServer::new` takes.
+pub struct Server<F> {
+    factory: F,
+    engine: Engine,
+    workers: usize,
+    listener: Option<std::net::TcpListener>,
+    probes: Probes,
+    readiness: Vec<(String, ReadinessCheck)>,
+    on_engine_answer: Option<crate::http::OnEngineAnswer>,
+    client_request_timeout: Duration,
+}
+
+impl<F, T, B> Server<F>
+where
+    F: Fn() -> App<T> + Send + Clone + 'static,
+    T: ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<B>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+    B: MessageBody + 'static,
+{
+    /// A server for the application `factory` builds (once per worker),
+    /// with the default shutdown settings, probes on, one worker per CPU.
+    pub fn new(factory: F) -> Self {
+        Server {
+            factory,
+            engine: Engine::default(),
+            workers: std::thread::available_parallelism().map_or(1, usize::from),
+            listener: None,
+            probes: Probes::default(),
+            readiness: Vec::new(),
+            on_engine_answer: None,
+            client_request_timeout: CLIENT_REQUEST_TIMEOUT,
+        }
+    }
+
+    /// Sets the shutdown settings (see [`ShutdownSettings::from_env`]).
+    pub fn shutdown(mut self, settings: ShutdownSettings) -> Self {
+        self.engine.set_settings(settings);
+        self
+    }
+
+    /// Sets the number of HTTP worker threads; 0 serves on the System's own
+    /// thread, beside the actors.
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers;
+        self
+    }
+
+    /// Listens on `addr` (the first address it resolves to).
+    pub fn bind(mut self, addr: impl ToSocketAddrs) -> Result<Self, StartError> {
+        let resolved: Option<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|source| StartError::Listen {
+                addr: "the address".into(),
+                source,
+            })?
+            .next();
+        let addr = resolved.ok_or_else(|| StartError::Listen {
+            addr: "the address".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "resolves to nothing"),
+        })?;
+        let listener = listener::bind(addr).map_err(|source| match source.kind() {
+            std::io::ErrorKind::AddrInUse => StartError::PortInUse { port: addr.port() },
+            _ => StartError::Listen {
+                addr: addr.to_string(),
+                source,
+            },
+        })?;
+        self.listener = Some(listener);
+        Ok(self)
+    }
+
+    /// Serves on a listener bound already (see [`crate::bind`]).
+    pub fn listen(mut self, listener: std::net::TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// Where the probes answer (`Probes::none()`: the application's own).
+    pub fn probes(mut self, probes: Probes) -> Self {
+        self.probes = probes;
+        self
+    }
+
+    /// Adds a readiness check: `/readyz` answers 503 `{"status":"<name>_unavailable"}`
+    /// while it fails. Checks run in the order they were added.
+    pub fn readiness<C>(mut self, name: &str, check: C) -> Self
+    where
+        C: Fn() -> LocalBoxFuture<'static, Result<(), String>> + Send + Sync + 'static,
+    {
+        self.readiness.push((name.to_string(), Arc::new(check)));
+        self
+    }
+
+    /// Told of each request the engine answers instead of the application
+    /// (its method and path):
+    /// refused once admission has stopped ([`EngineError::ShuttingDown`]),
+    /// or dropped at the cut ([`EngineError::Cut`]) — to count them.
+    pub fn on_engine_answer(
+        mut self,
+        told: impl Fn(&Method, &str, EngineError) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_engine_answer = Some(Arc::new(told));
+        self
+    }
+
+    /// From a request's first byte, how long the client has to send all of
+    /// it and to read its answers (default 10 s): 408 past it.
+    pub fn client_request_timeout(mut self, timeout: Duration) -> Self {
+        self.client_request_timeout = timeout;
+        self
+    }
+
+    /// The engine under the server: stop hooks, owned components, the admin
+    /// listener, the metrics registry, a [`crate::Handle`], the signals.
+    pub fn engine(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    /// The same, builder style.
+    pub fn with_engine(mut self, configure: impl FnOnce(&mut Engine)) -> Self {
+        configure(&mut self.engine);
+        self
+    }
+
+    /// The address the server listens on, once bound.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until the shutdown is over; answers its report. Signals are
+    /// installed here unless [`Engine::signals`] gave them (see [`crate::main`]).
+    pub async fn run(self) -> Result<Report, StartError> {
+        let listener = self.listener.ok_or(StartError::NoListener)?;
+        let local = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: "the listener".into(),
+            source,
+        })?;
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(|source| StartError::Listen {
+                addr: local.to_string(),
+                source,
+            })?;
+        let workers = self.workers;
+        let (factory, probes, readiness, on_engine_answer, client_request_timeout) = (
+            self.factory,
+            self.probes,
+            self.readiness,
+            self.on_engine_answer,
+            self.client_request_timeout,
+        );
+        self.engine
+            .run(move |core| {
+                let setup = WorkerSetup {
+                    factory,
+                    data: EngineData {
+                        admission: core.admission.clone(),
+                        state: core.state.clone(),
+                        probes,
+                        readiness,
+                        on_engine_answer,
+                        client_request_timeout,
+                        metrics: core.metrics.clone(),
+                    },
+                    local,
+                    census: core.census.clone(),
+                };
+                let transport = super::start(listener, core, setup, workers);
+                info!("listening on {local} with {workers} worker(s)");
+                transport
+            })
+            .await
+    }
+}

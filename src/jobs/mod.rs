@@ -1,0 +1,123 @@
+//! The jobs service's own resources, built on the engine's public API like
+//! any adopter's: the DbActor, the RequestActor, the Heartbeat, and their
+//! part in the shutdown.
+//!
+//! - [`db`] — the **DbActor**: the PostgreSQL pool, the schema, this
+//!   instance's records, the jobs (batched, every write bounded and answered
+//!   truthfully whatever the database does); closes the pool last.
+//! - [`request`] — the **RequestActor**: one per admitted `POST /work`; does
+//!   the simulated work, shields itself before its write, writes through the
+//!   DbActor, replies.
+//! - [`heartbeat`] — the **Heartbeat**: stamps `last_seen_at` every
+//!   `HEARTBEAT_MS`; stops between two beats.
+//!
+//! Their stop hooks, registered on the engine in this order (they run last
+//! registered first, after the engine's own phases):
+//!
+//! | hook | what it does |
+//! |---|---|
+//! | `close_database` | writes `drain_complete` with the report's figures, closes the pool |
+//! | (`flush_telemetry`, registered by start-up between the two) | exports the spans so far |
+//! | `stop_background` | stops the heartbeat between two beats |
+//!
+//! The `drain_begin` record is written when the drain begins (a drain-begin
+//! hook); `close_database` waits for it first.
+
+pub mod db;
+pub mod heartbeat;
+pub mod request;
+
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use drainer_engine::{Engine, Outcome, PhaseCtx, StopActor};
+use log::{info, warn};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use db::{ClosePool, DbActor, RecordDrainBegin, RecordDrainComplete};
+use heartbeat::Heartbeat;
+
+/// The longest the `drain_begin` record may take.
+const BEGIN_RECORD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Registers the records and the pool's close: `drain_begin` as the drain
+/// begins, and the `close_database` hook (register it first: it runs last).
+pub fn register_database(engine: &mut Engine, db: Addr<DbActor>) {
+    let (begun_tx, begun) = oneshot::channel::<()>();
+    let (writer, census) = (db.clone(), engine.census().clone());
+    engine.on_drain_begin(move |in_flight| {
+        census.spawn(async move {
+            let write = writer.send(RecordDrainBegin { in_flight });
+            match tokio::time::timeout(BEGIN_RECORD_TIMEOUT, write).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => warn!("drain_begin record skipped: {e}"),
+                Ok(Err(_)) => warn!("drain_begin record skipped: the database actor is gone"),
+                Err(_) => warn!("drain_begin record skipped: the database did not answer in time"),
+            }
+            let _ = begun_tx.send(());
+        });
+    });
+    let census = engine.census().clone();
+    engine.on_stop("close_database", move |ctx| {
+        close_database(db, begun, census, ctx)
+    });
+}
+
+/// Starts the heartbeat, owned by the Supervisor, with its `stop_background`
+/// hook (register it after `flush_telemetry`: it runs before).
+pub fn start_heartbeat(engine: &mut Engine, db: Addr<DbActor>, every: Duration) {
+    let heartbeat = Heartbeat::new(db, every, engine.census().clone()).start();
+    engine.own(heartbeat.clone());
+    engine.on_stop("stop_background", move |ctx| async move {
+        // `do_send`: delivered however this phase ends (a dropped `send` is
+        // never handled). Then wait until the beat in progress, if any, is over.
+        heartbeat.do_send(StopActor);
+        let stopped = heartbeat.send(StopActor);
+        let _ = tokio::time::timeout_at(ctx.deadline, stopped).await;
+        Ok(())
+    });
+}
+
+/// The `close_database` hook: the `drain_complete` record with the report's
+/// figures (given three quarters of the phase's time), then the pool closes
+/// whatever happened to the record.
+async fn close_database(
+    db: Addr<DbActor>,
+    begun: oneshot::Receiver<()>,
+    census: drainer_engine::Census,
+    ctx: PhaseCtx,
+) -> Result<(), String> {
+    let now = Instant::now();
+    let records_until = now + ctx.deadline.saturating_duration_since(now) * 3 / 4;
+    let report = &ctx.report;
+    let (success, remaining) = match report.outcome {
+        Some(Outcome::Drained) => (true, 0),
+        Some(Outcome::CutShort { remaining, .. }) => (false, remaining),
+        None => (false, 0),
+    };
+    let complete = RecordDrainComplete {
+        success,
+        remaining,
+        report: report.fields(),
+    };
+    let writer = db.clone();
+    // A task, so cutting this phase cannot cancel the write; bounded, so it
+    // never outlives the phase.
+    let records = census.spawn(tokio::time::timeout_at(records_until, async move {
+        let _ = begun.await;
+        writer.send(complete).await
+    }));
+    let written = records.await;
+    info!("closing DB");
+    // Not awaited: the pool closes even if this phase is cut right here.
+    db.do_send(ClosePool);
+    match written {
+        Ok(Ok(Ok(Ok(())))) => Ok(()),
+        Ok(Ok(Ok(Err(e)))) => Err(format!("drain_complete record skipped: {e}")),
+        Ok(Err(_)) => {
+            Err("drain_complete record skipped: the database did not answer in time".into())
+        }
+        _ => Err("drain_complete record skipped: the database actor is gone".into()),
+    }
+}
