@@ -7,10 +7,10 @@ CARGO ?= cargo
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test bench fmt clippy build clean
+.PHONY: help run test check doc bench fmt clippy build clean
 
 # Fail early, with one line, when a cargo-based target is asked for without Rust.
-ifneq ($(filter run test bench fmt clippy build clean,$(MAKECMDGOALS)),)
+ifneq ($(filter run test check doc bench fmt clippy build clean,$(MAKECMDGOALS)),)
   ifeq ($(shell command -v $(CARGO) 2>/dev/null),)
     $(error $(CARGO) not found: install Rust with rustup, see https://rustup.rs)
   endif
@@ -25,10 +25,21 @@ run: ## run the server (release build), admin listener on a free port; extra ser
 	echo "make run: admin listener (metrics, prestop) on http://127.0.0.1:$$admin (ADMIN_PORT=$$admin)"; \
 	ADMIN_PORT=$$admin scripts/with-postgres.sh $(CARGO) run --release --bin drainer $(if $(strip $(ARGS)),-- $(ARGS))
 
-test: ## fmt check, clippy, then all tests against one throwaway PostgreSQL
+test: ## fmt check, clippy, docs, then all tests against one throwaway PostgreSQL
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace
 	scripts/with-postgres.sh $(CARGO) test --workspace
+
+check: ## the fast loop, no PostgreSQL: fmt check, clippy, docs, the engine's tests and the unit tests
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace
+	$(CARGO) test -p drainer-engine
+	$(CARGO) test -p drainer --lib
+
+doc: ## build the API documentation (target/doc), warnings are errors
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace
 
 bench: ## run the benchmarks (bench/run.sh)
 	bash bench/run.sh

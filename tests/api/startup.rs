@@ -157,3 +157,17 @@ fn sigterm_while_waiting_for_the_database_exits_0_at_once() {
         exited - signalled
     );
 }
+
+/// The helper that signals servers holds the process, not its pid: once the
+/// process has exited and been reaped, a signal fails (ESRCH) instead of
+/// reaching whatever process gets the pid next — or every process, as
+/// kill(-1, …) would.
+#[test]
+fn a_signal_to_an_exited_server_reaches_no_other_process() {
+    let mut server = spawn(&[]);
+    assert_eq!(server.wait_exit(PATIENCE).0, 2, "no DATABASE_URL");
+    let e = server
+        .try_signal(libc::SIGTERM)
+        .expect_err("the process is gone");
+    assert_eq!(e.raw_os_error(), Some(libc::ESRCH), "{e}");
+}

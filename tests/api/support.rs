@@ -124,7 +124,12 @@ fn with_database(url: &str, name: &str) -> String {
 /// The real binary, started on a free port.
 pub struct Server {
     child: Option<Child>,
+    /// For reading /proc only: signals go through `pidfd`, never by pid.
     pub pid: i32,
+    /// The process itself, not its number: a signal sent through it can
+    /// never reach another process, even once this one is reaped and its pid
+    /// reused (and a reaped pid of -1 would have signalled every process).
+    pidfd: Pidfd,
     pub port: u16,
     log: Arc<Mutex<String>>,
     lines: mpsc::Receiver<String>,
@@ -234,6 +239,8 @@ fn spawn_with(
     }
     let mut child = cmd.spawn().expect("spawn the drainer binary");
     let pid = child.id() as i32;
+    // Opened before anything can reap the child.
+    let pidfd = Pidfd::open(pid);
     let child_stdin = child.stdin.take();
     let child_stdout = child.stdout.take();
     let stderr = child.stderr.take().expect("piped stderr");
@@ -251,6 +258,7 @@ fn spawn_with(
     let server = Server {
         child: Some(child),
         pid,
+        pidfd,
         port: 0,
         log,
         lines,
@@ -317,10 +325,16 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// Sends `sig` to this server's process, whatever became of its pid.
+    pub fn try_signal(&self, sig: i32) -> io::Result<()> {
+        self.pidfd.signal(sig)
+    }
+
+    /// Sends `sig` to the running server; it must not have exited yet.
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) with our own child's pid.
-        let rc = unsafe { libc::kill(self.pid, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.pid);
+        if let Err(e) = self.pidfd.signal(sig) {
+            panic!("signal {sig} to drainer (pid {}) failed: {e}", self.pid);
+        }
     }
 
     fn exit_channel(&mut self) -> &mpsc::Receiver<(io::Result<ExitStatus>, Instant)> {
@@ -338,14 +352,11 @@ impl Server {
 
     /// Waits for the process to exit (bounded); answers its code and when it exited.
     pub fn wait_exit(&mut self, within: Duration) -> (i32, Instant) {
-        let pid = self.pid;
         match self.exit_channel().recv_timeout(within) {
             Ok((Ok(status), at)) => {
                 let code = status
                     .code()
                     .unwrap_or_else(|| panic!("drainer died by a signal: {status:?}"));
-                // The pid is reaped: never signal it again.
-                self.pid = -1;
                 // Every line it wrote is in the log once stderr is closed.
                 if let Some(reader) = self.reader.take() {
                     let _ = reader.join();
@@ -354,8 +365,7 @@ impl Server {
             }
             Ok((Err(e), _)) => panic!("waiting for drainer failed: {e}"),
             Err(_) => {
-                // SAFETY: kill(2) on our own child, which has not been reaped.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = self.pidfd.signal(libc::SIGKILL);
                 panic!(
                     "drainer did not exit within {within:?}; log:\n{}",
                     self.log()
@@ -365,14 +375,49 @@ impl Server {
     }
 }
 
+/// A pidfd (pidfd_open(2)): a handle on one process that signals only it.
+struct Pidfd(std::os::fd::OwnedFd);
+
+impl Pidfd {
+    fn open(pid: i32) -> Pidfd {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        assert!(fd >= 0, "pidfd_open({pid}): {}", io::Error::last_os_error());
+        // SAFETY: a fresh descriptor that nothing else owns.
+        Pidfd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// pidfd_send_signal(2): fails with ESRCH once the process has exited.
+    fn signal(&self, sig: i32) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd = self.0.as_raw_fd();
+        // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd,
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
             let _ = child.wait();
-        } else if self.pid > 0 {
-            // SAFETY: kill(2) on our own child, not yet reaped.
-            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        } else {
+            // Already exited and reaped: this fails with ESRCH, harmlessly.
+            let _ = self.pidfd.signal(libc::SIGKILL);
         }
     }
 }

@@ -2,11 +2,11 @@
 //! which connections are open, and whether the service is Active, Draining or
 //! Stopped.
 //!
-//! - [`state`] — what it publishes: [`DrainState`], [`CancelReason`], [`Outcome`].
-//! - [`gate`] — admission without a mailbox: the [`Admission`] handle hands
+//! - `state` — what it publishes: [`DrainState`], [`CancelReason`], [`Outcome`].
+//! - `gate` — admission without a mailbox: the [`Admission`] handle hands
 //!   out [`Permit`]s; dropping one counts the request down, so an error, a
 //!   panic or a vanished client can never leave the count stuck.
-//! - [`connections`] — the open connections, each held by a [`ConnGuard`].
+//! - `connections` — the open connections, each held by a [`ConnGuard`].
 //!
 //! The drain itself is a sequence of messages from the Supervisor:
 //! [`BeginDrain`] (probes turn 503, requests still admitted during the

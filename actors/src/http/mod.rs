@@ -1,8 +1,8 @@
 //! The engine's HTTP layer, wrapped around the application's `App`:
 //!
-//! - [`policy`] — probes, admission of every other request, the cut, and
+//! - `policy` — probes, admission of every other request, the cut, and
 //!   `Connection: close` once a drain begins;
-//! - [`deadline`] — the client's deadline on its request body (408), and the
+//! - `deadline` — the client's deadline on its request body (408), and the
 //!   count of answers that paces reading;
 //! - [`probes`] — the probe paths and readiness checks;
 //! - [`work`] — [`Work`], a handler's view of its admission;

@@ -1,14 +1,14 @@
 //! The Supervisor: the one owner of shutdown.
 //!
-//! - [`settings`] — [`ShutdownSettings`] and the one [`StopPlan`].
-//! - [`trigger`] — what can begin a shutdown ([`Trigger`]) and the one
+//! - `settings` — [`ShutdownSettings`] and the one [`StopPlan`].
+//! - `trigger` — what can begin a shutdown ([`Trigger`]) and the one
 //!   table of what each request does ([`command_for`]).
-//! - [`state`] — the shutdown's state, one enum ([`ShutdownState`]), and the
+//! - `state` — the shutdown's state, one enum (`ShutdownState`), and the
 //!   milestones the phases publish.
-//! - [`phases`] — the engine's own phases: `delay`, `stop_accepting`, `drain`.
-//! - [`report`] — the [`Report`] a run answers with.
+//! - `phases` — the engine's own phases: `delay`, `stop_accepting`, `drain`.
+//! - `report` — the [`Report`] a run answers with.
 //!
-//! [`Supervisor::launch`] starts the DrainCoordinator, lets the caller build
+//! `Supervisor::launch` starts the DrainCoordinator, lets the caller build
 //! its transport from the resulting [`Core`], builds the phases from the plan
 //! (the engine's, then the application's stop hooks, last registered first),
 //! and subscribes to the triggers. A trigger begins the drain (probes 503,
