@@ -9,8 +9,10 @@ use std::time::Duration;
 use actix::Actor;
 use clap::error::ErrorKind;
 use clap::Parser;
-use drainer_engine::{Engine, Report, Server, ShutdownSignal, Signals, StartError, Telemetry};
-use futures_util::StreamExt;
+use drainer_engine::{
+    Engine, Handle, Report, Server, ShutdownSignal, Signals, StartError, Telemetry,
+};
+use futures_util::{Stream, StreamExt};
 use log::info;
 
 use crate::config::Config;
@@ -81,7 +83,7 @@ async fn start(signals: Signals) -> Result<Report, StartupError> {
     let report = if config.stdin {
         start_stdin(&config, signals, &telemetry).await
     } else {
-        serve(config, signals, &telemetry).await
+        serve(config, signals, &telemetry, |_, _| {}).await
     };
     telemetry.shutdown();
     report
@@ -118,12 +120,32 @@ async fn start_stdin(
         .map_err(StartupError::Engine)
 }
 
-/// Binds the ports, opens the database, registers, and serves.
-async fn serve(
+/// The HTTP service in this process, for tests and embedders: as the binary
+/// runs it, but the triggers are `triggers` (no signal handlers, no logger,
+/// no trace exporter), and `serving` is told the bound address and a
+/// [`Handle`] once it serves. Answers the run's report.
+pub async fn serve_in_process<S>(
     config: Config,
-    mut signals: Signals,
+    triggers: S,
+    serving: impl FnOnce(SocketAddr, Handle),
+) -> Result<Report, StartupError>
+where
+    S: Stream<Item = ShutdownSignal> + Unpin + 'static,
+{
+    let telemetry = Telemetry::none();
+    serve(config, triggers, &telemetry, serving).await
+}
+
+/// Binds the ports, opens the database, registers, and serves.
+async fn serve<S>(
+    config: Config,
+    mut signals: S,
     telemetry: &Telemetry,
-) -> Result<Report, StartupError> {
+    serving: impl FnOnce(SocketAddr, Handle),
+) -> Result<Report, StartupError>
+where
+    S: Stream<Item = ShutdownSignal> + Unpin + 'static,
+{
     let url = config
         .database_url
         .clone()
@@ -213,6 +235,7 @@ async fn serve(
         })
         .on_engine_answer(move |_, path, answer| outcomes.engine_answered(path, answer))
         .listen(listener);
+    serving(local, engine.handle());
     *server.engine() = engine;
     server.run().await.map_err(StartupError::Engine)
 }

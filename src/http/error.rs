@@ -1,8 +1,11 @@
 //! The one place where errors become HTTP responses.
 //!
-//! Every error a client can see is an [`ApiError`]; each variant maps to one
-//! status and a JSON body `{"error": "<what is wrong>"}`. Internal details
-//! (database messages, mailbox failures) go to the log, never to the client.
+//! Every error a client can see from the app is an [`ApiError`]; each variant
+//! maps to one status and a JSON body `{"error": "<what is wrong>"}`.
+//! Internal details (database messages, mailbox failures) go to the log,
+//! never to the client. What the engine answers itself — a refusal once
+//! admission stopped, a handler dropped at the cut, a body past its deadline,
+//! the probes — is its `EngineError`, in the same shape.
 
 use actix_web::error::JsonPayloadError;
 use actix_web::http::StatusCode;
@@ -42,9 +45,6 @@ pub enum ApiError {
     /// The path exists, the method does not.
     #[error("method not allowed")]
     MethodNotAllowed,
-    /// A drain has begun: the request was not processed.
-    #[error("server_shutting_down")]
-    ShuttingDown,
     /// Cancellable work declined when a drain began; nothing was written.
     #[error("server_shutting_down")]
     Declined,
@@ -75,10 +75,9 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::ShuttingDown
-            | ApiError::Declined
-            | ApiError::Cancelled(_)
-            | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Declined | ApiError::Cancelled(_) | ApiError::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal | ApiError::Indeterminate => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -109,7 +108,6 @@ impl ApiError {
     /// Its `drainer_requests_total{outcome}` label.
     pub fn outcome(&self) -> &'static str {
         match self {
-            ApiError::ShuttingDown => "rejected",
             ApiError::Declined => "cancelled",
             ApiError::Cancelled(CancelReason::DrainTimeout) => "drain_timeout",
             ApiError::Cancelled(CancelReason::ShutdownForced) => "shutdown_forced",

@@ -1,11 +1,12 @@
 //! The HTTP contract: health, POST /work, and every kind of bad input.
+//! (The first two build the service in-process; the rest read its log.)
 
 use crate::support::*;
 
 #[test]
 fn health_and_work_store_the_row_before_answering() {
     let db = TestDb::create();
-    let mut server = Server::start(&db, &[]);
+    let server = InProcess::start(&db, &[]);
 
     let health = get(server.port, "/health");
     assert_eq!(health.status, 200);
@@ -32,15 +33,18 @@ fn health_and_work_store_the_row_before_answering() {
         ]]
     );
 
-    server.signal(libc::SIGTERM);
-    let (code, _) = server.wait_exit(PATIENCE);
-    assert_eq!(code, 0);
+    let report = server.drain();
+    assert_eq!((report.exit_code, report.completed), (0, 0));
+    assert_eq!(
+        db.rows("SELECT status FROM serverinstance"),
+        vec![vec![Some("stopped".into())]]
+    );
 }
 
 #[test]
 fn keep_alive_connection_serves_many_requests_with_distinct_ids() {
     let db = TestDb::create();
-    let server = Server::start(&db, &[]);
+    let server = InProcess::start(&db, &[]);
     let mut client = Client::connect(server.port).expect("connect");
     let mut ids = Vec::new();
     for i in 0..20 {
@@ -55,6 +59,7 @@ fn keep_alive_connection_serves_many_requests_with_distinct_ids() {
     ids.dedup();
     assert_eq!(ids.len(), 20);
     assert_eq!(db.count("SELECT count(*)::text FROM jobs"), 20);
+    assert_eq!(server.drain().exit_code, 0);
 }
 
 /// Every bad input of the contract, with its exact status and body; the server

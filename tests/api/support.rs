@@ -375,6 +375,66 @@ impl Server {
     }
 }
 
+/// The jobs service built in this process (port 0, a fresh database), for
+/// the HTTP contract: driven through its engine's Handle, read through its
+/// report. Signals, exit codes and logs need the real binary ([`Server`]).
+pub struct InProcess {
+    pub port: u16,
+    pub handle: drainer_engine::Handle,
+    report: mpsc::Receiver<Result<drainer_engine::Report, String>>,
+}
+
+impl InProcess {
+    /// Serves `db` with the flags `args` (on top of port 0 on loopback).
+    pub fn start(db: &TestDb, args: &[&str]) -> InProcess {
+        use clap::Parser;
+        let mut argv = vec![
+            "drainer",
+            "--port",
+            "0",
+            "--bind-address",
+            "127.0.0.1",
+            "--instance-host",
+            "test-host",
+            "--database-url",
+            db.url.as_str(),
+        ];
+        argv.extend_from_slice(args);
+        let config = drainer::config::Config::try_parse_from(argv).expect("valid flags");
+        let (started, ready) = mpsc::channel();
+        let (done, report) = mpsc::channel();
+        thread::spawn(move || {
+            let system = actix_rt::System::new();
+            let ran = system.block_on(drainer::startup::serve_in_process(
+                config,
+                futures_util::stream::pending(),
+                move |addr, handle| {
+                    let _ = started.send((addr.port(), handle));
+                },
+            ));
+            let _ = done.send(ran.map_err(|e| e.to_string()));
+        });
+        let (port, handle) = match ready.recv_timeout(PATIENCE) {
+            Ok(ready) => ready,
+            Err(_) => panic!("did not start: {:?}", report.try_recv()),
+        };
+        InProcess {
+            port,
+            handle,
+            report,
+        }
+    }
+
+    /// Drains it (as SIGTERM does) and answers its report.
+    pub fn drain(self) -> drainer_engine::Report {
+        self.handle.drain();
+        self.report
+            .recv_timeout(PATIENCE)
+            .expect("the run ended")
+            .expect("it started")
+    }
+}
+
 /// A pidfd (pidfd_open(2)): a handle on one process that signals only it.
 struct Pidfd(std::os::fd::OwnedFd);
 
