@@ -31,18 +31,11 @@ impl Running {
 }
 
 /// Starts the server `build` makes (on its own thread, in its own System).
-fn serve<B, F, T, Bd>(build: B) -> Running
+fn serve<B, F, T>(build: B) -> Running
 where
     B: FnOnce() -> Server<F> + Send + 'static,
     F: Fn() -> App<T> + Send + Clone + 'static,
-    T: actix_web::dev::ServiceFactory<
-            actix_web::dev::ServiceRequest,
-            Config = (),
-            Response = actix_web::dev::ServiceResponse<Bd>,
-            Error = actix_web::Error,
-            InitError = (),
-        > + 'static,
-    Bd: actix_web::body::MessageBody + 'static,
+    T: drainer_engine::http::AppService,
 {
     let (started, ready) = mpsc::channel();
     let (done, report) = mpsc::channel();

@@ -39,12 +39,6 @@ pub enum ApiError {
     /// The client did not send the whole request in `CLIENT_REQUEST_TIMEOUT_MS`.
     #[error("client_request_timeout")]
     ClientTimeout,
-    /// No such path.
-    #[error("not found")]
-    NotFound,
-    /// The path exists, the method does not.
-    #[error("method not allowed")]
-    MethodNotAllowed,
     /// Cancellable work declined when a drain began; nothing was written.
     #[error("server_shutting_down")]
     Declined,
@@ -73,8 +67,6 @@ impl ResponseError for ApiError {
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Declined | ApiError::Cancelled(_) | ApiError::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

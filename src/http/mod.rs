@@ -14,9 +14,8 @@ pub mod work;
 use std::time::Duration;
 
 use actix::Addr;
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::{web, App, HttpResponse};
+use drainer_engine::http::AppService;
 use drainer_engine::{Census, EngineError, Metrics};
 use prometheus::{IntCounterVec, Opts};
 
@@ -86,17 +85,7 @@ pub struct Jobs {
 }
 
 /// Builds the App for one worker.
-pub fn app(
-    jobs: Jobs,
-) -> App<
-    impl ServiceFactory<
-        ServiceRequest,
-        Config = (),
-        Response = ServiceResponse<impl MessageBody>,
-        Error = actix_web::Error,
-        InitError = (),
-    >,
-> {
+pub fn app(jobs: Jobs) -> App<impl AppService> {
     let json = web::JsonConfig::default()
         .limit(MAX_BODY)
         .error_handler(|e, _| ApiError::from(e).into());
@@ -111,10 +100,11 @@ pub fn app(
         .default_service(web::to(not_found))
 }
 
-pub(crate) async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound)
+/// The engine's answers for paths and methods the app does not have.
+async fn not_found() -> Result<HttpResponse, EngineError> {
+    Err(EngineError::NotFound)
 }
 
-pub(crate) async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
+async fn method_not_allowed() -> Result<HttpResponse, EngineError> {
+    Err(EngineError::MethodNotAllowed)
 }

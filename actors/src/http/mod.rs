@@ -46,19 +46,23 @@ pub(crate) struct EngineData {
     pub metrics: Metrics,
 }
 
-/// The application's `App`, inside the engine's middleware.
-pub(crate) fn wrap<T, B>(
-    app: App<T>,
-    data: EngineData,
-) -> App<
-    impl ServiceFactory<
+/// What an `App<T>` is built from: the service factory `App::new()` and its
+/// `.wrap`s, `.route`s and `.service`s make, answering bodies of type
+/// [`AppService::Body`]. (A name for the bounds `HttpServer::new` asks of it.)
+pub trait AppService:
+    ServiceFactory<
         ServiceRequest,
         Config = (),
-        Response = ServiceResponse<impl MessageBody>,
+        Response = ServiceResponse<Self::Body>,
         Error = actix_web::Error,
         InitError = (),
-    >,
->
+    > + 'static
+{
+    /// The body its responses carry.
+    type Body: MessageBody + 'static;
+}
+
+impl<T, B> AppService for T
 where
     T: ServiceFactory<
             ServiceRequest,
@@ -69,6 +73,11 @@ where
         > + 'static,
     B: MessageBody + 'static,
 {
+    type Body = B;
+}
+
+/// The application's `App`, inside the engine's middleware.
+pub(crate) fn wrap<T: AppService>(app: App<T>, data: EngineData) -> App<impl AppService> {
     app.app_data(web::Data::new(data))
         .wrap(from_fn(policy::drain_policy))
         .wrap(from_fn(deadline::client_deadline))

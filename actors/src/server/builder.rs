@@ -5,8 +5,6 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::App;
 use futures_util::future::LocalBoxFuture;
@@ -14,7 +12,7 @@ use log::info;
 
 use super::{listener, WorkerSetup};
 use crate::engine::Engine;
-use crate::http::{EngineData, EngineError, Probes, ReadinessCheck};
+use crate::http::{AppService, EngineData, EngineError, Probes, ReadinessCheck};
 use crate::lifecycle::BudgetShort;
 use crate::supervisor::{Report, ShutdownSettings};
 
@@ -69,17 +67,10 @@ pub struct Server<F> {
     client_request_timeout: Duration,
 }
 
-impl<F, T, B> Server<F>
+impl<F, T> Server<F>
 where
     F: Fn() -> App<T> + Send + Clone + 'static,
-    T: ServiceFactory<
-            ServiceRequest,
-            Config = (),
-            Response = ServiceResponse<B>,
-            Error = actix_web::Error,
-            InitError = (),
-        > + 'static,
-    B: MessageBody + 'static,
+    T: AppService,
 {
     /// A server for the application `factory` builds (once per worker),
     /// with the default shutdown settings, probes on, one worker per CPU.

@@ -32,8 +32,7 @@ use std::time::Duration;
 use actix::{Actor, ActorContext, Addr, Context, Handler, ResponseFuture};
 use actix_rt::Arbiter;
 use actix_service::{map_config, Service, ServiceFactory};
-use actix_web::body::MessageBody;
-use actix_web::dev::{AppConfig, ServiceRequest, ServiceResponse};
+use actix_web::dev::AppConfig;
 use actix_web::{App, ResponseError};
 use log::{error, info};
 use tokio::net::TcpListener;
@@ -41,7 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::census::Census;
 use crate::drain::{Close, ConnGuard, ConnIds, DrainCoordinator};
-use crate::http::{self, EngineData, EngineError};
+use crate::http::{self, AppService, EngineData, EngineError};
 use crate::metrics::Metrics;
 use crate::transport::{CloseListener, Core, StopTransport, Transport};
 pub use activity::Activity;
@@ -73,7 +72,7 @@ pub(crate) struct WorkerSetup<F> {
 }
 
 /// Starts the workers and the accept loop; answers how the Supervisor reaches them.
-pub(crate) fn start<F, T, B>(
+pub(crate) fn start<F, T>(
     listener: TcpListener,
     core: &Core,
     setup: WorkerSetup<F>,
@@ -81,14 +80,7 @@ pub(crate) fn start<F, T, B>(
 ) -> Transport
 where
     F: Fn() -> App<T> + Send + Clone + 'static,
-    T: ServiceFactory<
-            ServiceRequest,
-            Config = (),
-            Response = ServiceResponse<B>,
-            Error = actix_web::Error,
-            InitError = (),
-        > + 'static,
-    B: MessageBody + 'static,
+    T: AppService,
 {
     let census = core.census.clone();
     let mut arbiters = Vec::with_capacity(workers);
@@ -210,20 +202,13 @@ pub(crate) async fn accept_error(e: std::io::Error) {
 }
 
 /// One worker thread: builds the App once, then serves each connection it is handed.
-async fn worker<F, T, B>(
+async fn worker<F, T>(
     setup: WorkerSetup<F>,
     metrics: Metrics,
     mut conns: mpsc::UnboundedReceiver<Conn>,
 ) where
     F: Fn() -> App<T> + Send + Clone + 'static,
-    T: ServiceFactory<
-            ServiceRequest,
-            Config = (),
-            Response = ServiceResponse<B>,
-            Error = actix_web::Error,
-            InitError = (),
-        > + 'static,
-    B: MessageBody + 'static,
+    T: AppService,
 {
     let client_timeout = setup.data.client_request_timeout;
     let local = setup.local;
