@@ -19,7 +19,6 @@
 //! phase (its name, duration and error), through the global OpenTelemetry
 //! tracer — the binary decides where it goes.
 
-use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
@@ -32,7 +31,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
-use crate::supervisor::{ExitRule, Report, ShutdownOrder};
+use crate::supervisor::report::Report;
+pub use crate::supervisor::report::{PhaseRecord, PhaseResult};
+use crate::supervisor::trigger::{ExitRule, ShutdownOrder};
 
 /// Kept back from every phase but the last, so the database close and the
 /// exit always happen inside the budget.
@@ -104,40 +105,6 @@ struct StopPhase {
     name: &'static str,
     timeout: Duration,
     stop: StopFn,
-}
-
-/// How one phase ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PhaseResult {
-    /// Done within its deadline.
-    Done,
-    /// It reported an error.
-    Failed(String),
-    /// Cut at its deadline (the time it was allowed).
-    Overran(Duration),
-}
-
-impl fmt::Display for PhaseResult {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PhaseResult::Done => f.write_str("ok"),
-            PhaseResult::Failed(e) => write!(f, "failed ({e})"),
-            PhaseResult::Overran(allowed) => {
-                write!(f, "overran its {} ms deadline", allowed.as_millis())
-            }
-        }
-    }
-}
-
-/// One phase as it ran.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PhaseRecord {
-    /// The phase's name.
-    pub name: &'static str,
-    /// How long it ran.
-    pub took: Duration,
-    /// How it ended.
-    pub result: PhaseResult,
 }
 
 /// The budget cannot hold the phases: by how much it is short.

@@ -13,8 +13,6 @@ use std::time::Duration;
 
 use prometheus::{Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
-use crate::drain::DrainState;
-
 /// Every value of `drainer_client_timeouts_total{reason}`: a request head
 /// or body not received within `CLIENT_REQUEST_TIMEOUT_MS`, or a client that
 /// read none of its answers for as long.
@@ -163,12 +161,8 @@ impl Metrics {
     }
 
     /// The coordinator's state changed: 0 active, 1 draining, 2 stopped.
-    pub(crate) fn set_drain_state(&self, state: DrainState) {
-        self.0.drain_state.set(match state {
-            DrainState::Active => 0,
-            DrainState::Draining { .. } => 1,
-            DrainState::Stopped => 2,
-        });
+    pub(crate) fn set_drain_state(&self, code: i64) {
+        self.0.drain_state.set(code);
     }
 
     /// The drain's work ended after `took`.

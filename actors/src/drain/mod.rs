@@ -245,7 +245,11 @@ impl DrainCoordinator {
     fn publish(&self) {
         let state = self.current();
         if let Some(m) = &self.metrics {
-            m.set_drain_state(state);
+            m.set_drain_state(match state {
+                DrainState::Active => 0,
+                DrainState::Draining { .. } => 1,
+                DrainState::Stopped => 2,
+            });
         }
         self.published.send_replace(state);
     }

@@ -32,10 +32,10 @@
 //! System: whoever ran the engine decides what the process does next.
 
 mod phases;
-mod report;
+pub(crate) mod report;
 mod settings;
 mod state;
-mod trigger;
+pub(crate) mod trigger;
 
 use std::time::Duration;
 
@@ -57,12 +57,11 @@ use crate::lifecycle::{Control, Lifecycle, PhaseCtx, StopActor};
 use crate::metrics::Metrics;
 use crate::transport::{Core, PreStop, StopTransport, Transport, TransportDrain, TransportEnded};
 
-pub use report::Report;
+pub use report::{PhaseRecord, PhaseResult, Report};
 pub use settings::{defaults, phase, BadSetting, PlannedPhase, ShutdownSettings, StopPlan};
 use state::Milestones;
 pub(crate) use state::ShutdownState;
-pub use state::{ExitRule, ShutdownOrder};
-pub use trigger::{command_for, Ask, Command, Trigger};
+pub use trigger::{command_for, Ask, Command, ExitRule, ShutdownOrder, Trigger};
 
 #[cfg(test)]
 mod tests;
@@ -328,7 +327,7 @@ impl Supervisor {
 
     /// The phases are over: the report, then every actor stops, then this one.
     /// (Spawned, not waited: the mailbox stays open for late messages.)
-    fn finish(&mut self, phases: Vec<crate::lifecycle::PhaseRecord>, ctx: &mut Context<Self>) {
+    fn finish(&mut self, phases: Vec<PhaseRecord>, ctx: &mut Context<Self>) {
         let zero = self.control.borrow().exit == Some(ExitRule::Zero);
         let trigger = self.state.trigger();
         let work = self.milestones.borrow().work;

@@ -1,10 +1,10 @@
 //! The shutdown report: what a run of the engine did, as a value.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::census::Alive;
 use crate::drain::{Outcome, WorkDone};
-use crate::lifecycle::PhaseRecord;
 use crate::signals::ShutdownSignal;
 
 use super::trigger::Trigger;
@@ -144,12 +144,44 @@ impl fmt::Display for Report {
     }
 }
 
+/// How one phase ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PhaseResult {
+    /// Done within its deadline.
+    Done,
+    /// It reported an error.
+    Failed(String),
+    /// Cut at its deadline (the time it was allowed).
+    Overran(Duration),
+}
+
+impl fmt::Display for PhaseResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PhaseResult::Done => f.write_str("ok"),
+            PhaseResult::Failed(e) => write!(f, "failed ({e})"),
+            PhaseResult::Overran(allowed) => {
+                write!(f, "overran its {} ms deadline", allowed.as_millis())
+            }
+        }
+    }
+}
+
+/// One phase as it ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhaseRecord {
+    /// The phase's name.
+    pub name: &'static str,
+    /// How long it ran.
+    pub took: Duration,
+    /// How it ended.
+    pub result: PhaseResult,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::drain::CancelReason;
-    use crate::lifecycle::PhaseResult;
-    use std::time::Duration;
 
     #[test]
     fn the_line_and_the_fields_say_the_same() {

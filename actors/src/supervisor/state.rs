@@ -2,16 +2,13 @@
 //! ([`super::Supervisor`]'s `start` and `finish`), and the values the phases
 //! publish as the shutdown goes on.
 
-use std::time::Duration;
-
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use crate::drain::WorkDone;
 use crate::lifecycle::Lifecycle;
 
 use super::report::Report;
-use super::trigger::Trigger;
+use super::trigger::{ShutdownOrder, Trigger};
 
 /// Where the shutdown is. Each variant owns what only it needs.
 pub(crate) enum ShutdownState {
@@ -41,29 +38,6 @@ impl ShutdownState {
             ShutdownState::Stopped { report } => report.trigger,
         }
     }
-}
-
-/// What one shutdown is asked to do; fixed by its first trigger, handed to
-/// every phase in its context.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShutdownOrder {
-    /// What began it.
-    pub trigger: Trigger,
-    /// When the drain began.
-    pub began: Instant,
-    /// How long to keep serving from `began`.
-    pub delay: Duration,
-    /// How long in-flight work may run once admission stops.
-    pub drain_timeout: Duration,
-}
-
-/// When the process exits once the shutdown is over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitRule {
-    /// A signal asked: the outcome decides the code.
-    Outcome,
-    /// The input ended: always 0.
-    Zero,
 }
 
 /// Milestones the phases and the coordinator publish for whoever waits on

@@ -1,6 +1,9 @@
 //! What can begin or change a shutdown, and the one table of what each does.
 
 use std::fmt;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::signals::ShutdownSignal;
 
@@ -71,6 +74,29 @@ pub fn command_for(ask: Ask, exiting: bool) -> Command {
         (Ask::Drain, true) => Command::Ignore,
         (Ask::Interrupt, true) | (Ask::Force, _) => Command::Force,
     }
+}
+
+/// What one shutdown is asked to do; fixed by its first trigger, handed to
+/// every phase in its context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownOrder {
+    /// What began it.
+    pub trigger: Trigger,
+    /// When the drain began.
+    pub began: Instant,
+    /// How long to keep serving from `began`.
+    pub delay: Duration,
+    /// How long in-flight work may run once admission stops.
+    pub drain_timeout: Duration,
+}
+
+/// When the process exits once the shutdown is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitRule {
+    /// A signal asked: the outcome decides the code.
+    Outcome,
+    /// The input ended: always 0.
+    Zero,
 }
 
 #[cfg(test)]
