@@ -248,7 +248,7 @@ mod tests {
 
     /// Read from the definitions, not by parsing: the environment may hold values.
     #[test]
-    fn defaults_and_variables_match_the_readme() {
+    fn defaults_and_variables_match_the_operations_guide() {
         use clap::CommandFactory;
         let command = Config::command();
         let setting = |id: &str| {

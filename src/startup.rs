@@ -112,7 +112,6 @@ async fn start_stdin(
     let mut engine = Engine::new(settings);
     engine.signals(signals);
     engine.on_stop("flush_telemetry", telemetry.flush_hook());
-    engine.metrics().know_phases(&engine.plan().names());
     info!("speaking the node protocol on stdin and stdout");
     engine
         .run(|core| crate::stdin::node::start(core, drain_timeout))
@@ -210,7 +209,6 @@ where
     engine.on_stop("flush_telemetry", telemetry.flush_hook());
     crate::jobs::start_heartbeat(&mut engine, db.clone(), config.heartbeat());
     debug_assert_eq!(engine.plan(), plan, "one plan: checked and run");
-    engine.metrics().know_phases(&engine.plan().names());
 
     let outcomes = Outcomes::register(engine.metrics())
         .map_err(|e| StartupError::Config(format!("metrics: {e}")))?;

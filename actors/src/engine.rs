@@ -90,7 +90,8 @@ impl Engine {
         }
     }
 
-    /// Registers a stop hook with the phase timeout as its deadline. Hooks
+    /// Registers a stop hook with the phase timeout as its deadline (the
+    /// settings' at the run, whenever they are set). Hooks
     /// run after the drain (and the admin listener's stop), last registered
     /// first, each within its deadline and the one budget; `stop` gets the
     /// shutdown's figures so far in [`PhaseCtx::report`].
@@ -99,8 +100,12 @@ impl Engine {
         F: FnOnce(PhaseCtx) -> Fut + 'static,
         Fut: Future<Output = Result<(), String>> + 'static,
     {
-        let timeout = self.settings.phase_timeout;
-        self.on_stop_within(name, timeout, stop)
+        self.hooks.push(StopHook {
+            name,
+            timeout: None,
+            run: Box::new(move |ctx| Box::pin(stop(ctx))),
+        });
+        self
     }
 
     /// Registers a stop hook with a deadline of its own.
@@ -116,7 +121,7 @@ impl Engine {
     {
         self.hooks.push(StopHook {
             name,
-            timeout,
+            timeout: Some(timeout),
             run: Box::new(move |ctx| Box::pin(stop(ctx))),
         });
         self
@@ -163,7 +168,9 @@ impl Engine {
         StopPlan::new(
             &self.settings,
             self.admin.is_some(),
-            self.hooks.iter().map(|h| (h.name, h.timeout)),
+            self.hooks
+                .iter()
+                .map(|h| (h.name, h.timeout.unwrap_or(self.settings.phase_timeout))),
         )
     }
 
@@ -181,6 +188,8 @@ impl Engine {
     {
         let plan = self.plan();
         plan.check_budget().map_err(crate::StartError::Budget)?;
+        // Every phase's series present at 0 from the start.
+        self.metrics.know_phases(&plan.names());
         let signals = match self.signals {
             Some(signals) => signals,
             None => crate::signals::Signals::install()

@@ -190,6 +190,13 @@ where
             addr: "the listener".into(),
             source,
         })?;
+        // A listener bound with std is blocking; the accept loop needs it not to be.
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| StartError::Listen {
+                addr: local.to_string(),
+                source,
+            })?;
         let listener =
             tokio::net::TcpListener::from_std(listener).map_err(|source| StartError::Listen {
                 addr: local.to_string(),

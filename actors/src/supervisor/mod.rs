@@ -78,7 +78,8 @@ pub(crate) type StopFn = Box<dyn FnOnce(PhaseCtx) -> LocalBoxFuture<'static, Res
 /// One registered stop hook.
 pub(crate) struct StopHook {
     pub name: &'static str,
-    pub timeout: Duration,
+    /// Its own deadline; `None`: the phase timeout.
+    pub timeout: Option<Duration>,
     pub run: StopFn,
 }
 

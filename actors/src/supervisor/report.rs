@@ -3,7 +3,6 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::census::Alive;
 use crate::drain::{Outcome, WorkDone};
 use crate::signals::ShutdownSignal;
 
@@ -27,9 +26,6 @@ pub struct Report {
     pub outcome: Option<Outcome>,
     /// The code the process exits with: 0 drained, 1 cut short, 2 failed to start.
     pub exit_code: i32,
-    /// What was still running once the System stopped (the leak check);
-    /// filled in by [`crate::main`].
-    pub left_running: Option<Alive>,
     /// The engine's census, read once the System has stopped.
     pub(crate) census: Option<crate::census::Census>,
 }
@@ -64,7 +60,6 @@ impl Report {
             } else {
                 outcome.map_or(1, Outcome::exit_code)
             },
-            left_running: None,
             census: None,
         }
     }
@@ -79,7 +74,6 @@ impl Report {
             in_flight_at_cut: 0,
             outcome: None,
             exit_code: 0,
-            left_running: None,
             census: None,
         }
     }

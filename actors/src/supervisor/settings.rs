@@ -236,13 +236,28 @@ impl StopPlan {
         self.phases.iter().map(|p| p.name).collect()
     }
 
-    /// Refuses a budget that cannot hold the phases.
+    /// Refuses a budget that cannot hold the phases. The last phase runs
+    /// in the reserve — unless it is one of the engine's own (no stop hooks:
+    /// the drain runs last), which gets its whole deadline within the budget.
     pub fn check_budget(&self) -> Result<(), BudgetShort> {
         let Some(budget) = self.budget else {
             return Ok(());
         };
         // In order of registration: the last phase to run comes first.
-        let timeouts: Vec<Duration> = self.phases.iter().rev().map(|p| p.timeout).collect();
+        let mut timeouts: Vec<Duration> = self.phases.iter().rev().map(|p| p.timeout).collect();
+        let engine_last = self.phases.last().is_some_and(|p| {
+            [
+                phase::DELAY,
+                phase::STOP_ACCEPTING,
+                phase::DRAIN,
+                phase::STOP_ADMIN,
+            ]
+            .contains(&p.name)
+        });
+        if engine_last {
+            // Nothing runs in the reserve: every deadline counts.
+            timeouts.insert(0, Duration::ZERO);
+        }
         lifecycle::check_budget(&timeouts, budget)
     }
 }
@@ -284,6 +299,21 @@ mod tests {
         let short = plan.check_budget().expect_err("too small");
         // 300 delay + 32500 drain + 4 × 1500 + 1000 reserve = 39800.
         assert_eq!(short.needed, Duration::from_millis(39_800));
+    }
+
+    /// Without stop hooks the drain runs last: its deadline counts too.
+    #[test]
+    fn without_hooks_the_drain_is_held_to_the_budget() {
+        let s = ShutdownSettings::default().budget(Some(Duration::from_secs(3)));
+        let short = StopPlan::new(&s, false, std::iter::empty())
+            .check_budget()
+            .expect_err("a 30 s drain cannot fit 3 s");
+        // 0 delay + 1500 stop_accepting + 32500 drain + 1000 reserve.
+        assert_eq!(short.needed, Duration::from_millis(35_000));
+        let roomy = s.budget(Some(Duration::from_secs(35)));
+        assert!(StopPlan::new(&roomy, false, std::iter::empty())
+            .check_budget()
+            .is_ok());
     }
 
     #[test]

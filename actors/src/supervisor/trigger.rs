@@ -66,7 +66,7 @@ pub enum Command {
     Ignore,
 }
 
-/// The one place that maps a request to what it does (the README's table).
+/// The one place that maps a request to what it does (docs/operations.md's signal table).
 /// `exiting`: something has already asked the process to exit.
 pub fn command_for(ask: Ask, exiting: bool) -> Command {
     match (ask, exiting) {
