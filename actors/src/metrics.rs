@@ -21,6 +21,8 @@ pub const CLIENT_TIMEOUTS: [&str; 3] = ["head", "body", "writes"];
 struct Families {
     registry: Registry,
     in_flight: IntGauge,
+    /// Where the in-flight count is read at each scrape.
+    in_flight_from: std::sync::OnceLock<Box<dyn Fn() -> usize + Send + Sync>>,
     drain_state: IntGauge,
     phase_duration: GaugeVec,
     phase_started: IntCounterVec,
@@ -101,6 +103,7 @@ impl Metrics {
         let families = Families {
             registry,
             in_flight,
+            in_flight_from: std::sync::OnceLock::new(),
             drain_state,
             phase_duration,
             phase_started,
@@ -128,6 +131,10 @@ impl Metrics {
 
     /// The Prometheus text format.
     pub fn render(&self) -> String {
+        if let Some(read) = self.0.in_flight_from.get() {
+            let n = read();
+            self.0.in_flight.set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
         let mut out = Vec::new();
         let encoder = prometheus::TextEncoder::new();
         if let Err(e) = encoder.encode(&self.0.registry.gather(), &mut out) {
@@ -155,9 +162,10 @@ impl Metrics {
         }
     }
 
-    /// One request admitted (`1`) or finished (`-1`).
-    pub(crate) fn in_flight_changed(&self, by: i64) {
-        self.0.in_flight.add(by);
+    /// Where `drainer_requests_in_flight` is read at each scrape (the
+    /// coordinator's count; set once).
+    pub(crate) fn read_in_flight_from(&self, read: impl Fn() -> usize + Send + Sync + 'static) {
+        let _ = self.0.in_flight_from.set(Box::new(read));
     }
 
     /// The coordinator's state changed: 0 active, 1 draining, 2 stopped.
@@ -221,7 +229,7 @@ mod tests {
             let line = format!("drainer_client_timeouts_total{{reason=\"{reason}\"}} 0");
             assert!(text.lines().any(|l| l == line), "{line} missing");
         }
-        m.in_flight_changed(1);
+        m.read_in_flight_from(|| 1);
         m.phase_ended("drain", Duration::from_millis(1500), true);
         let text = m.render();
         assert!(text.contains("drainer_requests_in_flight 1"));

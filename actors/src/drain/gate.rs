@@ -22,7 +22,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::state::{CancelReason, DrainState, NotAdmitted};
-use crate::metrics::Metrics;
 
 const CLOSED: u64 = 1 << 63;
 
@@ -46,7 +45,6 @@ pub(crate) struct Gate {
     emptied: mpsc::UnboundedSender<()>,
     /// How long work past its safe point may run after a cut.
     grace: Duration,
-    metrics: Option<Metrics>,
 }
 
 impl Gate {
@@ -54,7 +52,6 @@ impl Gate {
         state: watch::Receiver<DrainState>,
         emptied: mpsc::UnboundedSender<()>,
         grace: Duration,
-        metrics: Option<Metrics>,
     ) -> Arc<Gate> {
         Arc::new(Gate {
             word: AtomicU64::new(0),
@@ -66,7 +63,6 @@ impl Gate {
             state,
             emptied,
             grace,
-            metrics,
         })
     }
 
@@ -142,9 +138,6 @@ impl Admission {
                 Err(now) => word = now,
             }
         }
-        if let Some(m) = &gate.metrics {
-            m.in_flight_changed(1);
-        }
         if log::log_enabled!(log::Level::Debug) {
             let id = gate.admitted.fetch_add(1, Ordering::Relaxed) + 1;
             let in_flight = (word & !CLOSED) + 1;
@@ -152,7 +145,6 @@ impl Admission {
         }
         Ok(Permit {
             gate: gate.clone(),
-            state: gate.state.clone(),
             cancelled: false,
             answered: false,
         })
@@ -181,7 +173,6 @@ impl fmt::Debug for Admission {
 /// The right to run one unit of work. Dropping it counts the request down.
 pub struct Permit {
     gate: Arc<Gate>,
-    state: watch::Receiver<DrainState>,
     /// Set when the work honoured a cancellation instead of finishing.
     cancelled: bool,
     /// Set when the work's real result was given (counted in the report).
@@ -199,15 +190,22 @@ impl Permit {
 
     /// Resolves when the drain is cut (at the drain deadline, or when a
     /// person insists); never resolves otherwise.
-    pub async fn cancelled(&mut self) -> CancelReason {
-        cut_of(&self.gate, &mut self.state).await
+    pub async fn cancelled(&self) -> CancelReason {
+        // A receiver of its own only when asked: most work never asks.
+        let mut state = self.gate.state.clone();
+        cut_of(&self.gate, &mut state).await
+    }
+
+    /// The published drain state (a receiver of its own).
+    pub fn state(&self) -> watch::Receiver<DrainState> {
+        self.gate.state.clone()
     }
 
     /// The drain's cut, if it has come.
     pub fn is_cancelled(&self) -> Option<CancelReason> {
         self.gate
             .recorded_cut()
-            .or_else(|| self.state.borrow().cut())
+            .or_else(|| self.gate.state.borrow().cut())
     }
 
     /// Records that the work stopped at a safe point because it was cancelled.
@@ -258,9 +256,6 @@ impl Drop for Permit {
             gate.cancelled.fetch_add(1, Ordering::AcqRel);
         } else if self.answered && gate.draining.load(Ordering::Acquire) {
             gate.completed_in_drain.fetch_add(1, Ordering::AcqRel);
-        }
-        if let Some(m) = &gate.metrics {
-            m.in_flight_changed(-1);
         }
         let before = gate.word.fetch_sub(1, Ordering::AcqRel);
         if before == CLOSED | 1 {

@@ -198,9 +198,15 @@ impl DrainCoordinator {
     ) -> Self {
         let (published, state) = watch::channel(DrainState::Active);
         let (emptied_tx, emptied) = mpsc::unbounded_channel();
+        let gate = Gate::new(state, emptied_tx, linger);
+        if let Some(m) = &metrics {
+            // Read at each scrape: counting stays one atomic word.
+            let admission = Admission(gate.clone());
+            m.read_in_flight_from(move || admission.in_flight());
+        }
         DrainCoordinator {
             state: State::Active,
-            gate: Gate::new(state, emptied_tx, linger, metrics.clone()),
+            gate,
             emptied: Some(emptied),
             connections: HashMap::new(),
             listener_closed: false,
@@ -772,7 +778,7 @@ mod tests {
         tokio::time::pause();
         let h = start();
         let mut straggler = h.admit().await.unwrap();
-        let mut writer = h.admit().await.unwrap();
+        let writer = h.admit().await.unwrap();
         h.begin_drain().await;
         h.stop_admitting(Duration::from_millis(500)).await;
         let started = tokio::time::Instant::now();
@@ -842,7 +848,7 @@ mod tests {
                 cut: None
             }
         );
-        let mut permit = permit;
+        let permit = permit;
         let t = tokio::time::Instant::now();
         assert_eq!(permit.cancelled().await, CancelReason::DrainTimeout);
         let waited = t.elapsed();
@@ -981,7 +987,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_zero_drain_timeout_cuts_before_the_answer() {
         let h = start();
-        let mut permit = h.admit().await.unwrap();
+        let permit = h.admit().await.unwrap();
         h.stop_admitting(Duration::ZERO).await;
         // Already published when StopAdmitting has been handled.
         assert_eq!(

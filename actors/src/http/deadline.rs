@@ -34,20 +34,22 @@ pub async fn client_deadline(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let activity = req.conn_data::<Rc<Activity>>().cloned();
     let data = req.app_data::<web::Data<EngineData>>().cloned();
-    let fired = Rc::new(Cell::new(false));
+    // Allocated only for a request with a body.
+    let mut fired = None;
     if let (Some(activity), Some(data)) = (&activity, &data) {
         let began = activity.request_started().unwrap_or_else(Instant::now);
         let timeout = data.client_request_timeout;
         // A request without a body (every probe) has nothing to bound.
         match req.take_payload() {
             Payload::None => {}
-            body => req.set_payload(Payload::from(Box::pin(Deadline::new(
-                body,
-                began,
-                timeout,
-                fired.clone(),
-            ))
-                as Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>)),
+            body => {
+                let flag = Rc::new(Cell::new(false));
+                fired = Some(flag.clone());
+                req.set_payload(Payload::from(
+                    Box::pin(Deadline::new(body, began, timeout, flag))
+                        as Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>,
+                ))
+            }
         }
     }
     let answer = next.call(req).await;
@@ -57,7 +59,7 @@ pub async fn client_deadline(
     let answer = answer.map(|res| {
         // The body ran out of time, whatever the handler made of the error:
         // 408, and the connection ends (the rest would never be read).
-        if fired.get() && res.status().is_client_error() {
+        if fired.as_ref().is_some_and(|f| f.get()) && res.status().is_client_error() {
             let (req, _) = res.into_parts();
             ServiceResponse::new(req, EngineError::ClientTimeout.error_response())
                 .map_into_right_body()

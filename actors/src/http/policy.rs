@@ -50,7 +50,7 @@ pub(crate) async fn drain_policy<B: MessageBody + 'static>(
         }
         return Ok(res.map_into_right_body());
     }
-    let Ok(mut permit) = data.admission.admit() else {
+    let Ok(permit) = data.admission.admit() else {
         if let Some(told) = &data.on_engine_answer {
             told(req.method(), req.path(), EngineError::ShuttingDown);
         }
@@ -58,7 +58,7 @@ pub(crate) async fn drain_policy<B: MessageBody + 'static>(
         close_connection(&mut res);
         return Ok(res.map_into_right_body());
     };
-    let work = Work::new(&permit, data.state.clone());
+    let work = Work::new(permit);
     req.extensions_mut().insert(work.clone());
     let activity = req.conn_data::<Rc<Activity>>().cloned();
     // (Not the request itself: a clone would stop actix-web's routing.)
@@ -66,7 +66,8 @@ pub(crate) async fn drain_policy<B: MessageBody + 'static>(
         .on_engine_answer
         .as_ref()
         .map(|told| (told.clone(), req.method().clone(), req.path().to_owned()));
-    let mut handler = Box::pin(next.call(req));
+    let handler = next.call(req);
+    tokio::pin!(handler);
     let mut held = false;
     let answer = loop {
         tokio::select! {
@@ -74,7 +75,6 @@ pub(crate) async fn drain_policy<B: MessageBody + 'static>(
             answer = &mut handler => break Ok(answer),
             reason = work.cancelled(), if !held => {
                 if work.try_drop() {
-                    permit.mark_cancelled();
                     break Err(reason);
                 }
                 held = true;
@@ -91,17 +91,15 @@ pub(crate) async fn drain_policy<B: MessageBody + 'static>(
     }
     let mut res = match answer {
         Ok(Ok(res)) => {
-            work.settle(&mut permit, !res.status().is_server_error());
+            work.finished(!res.status().is_server_error());
+            // The request's own copy goes now, so the count goes down as the
+            // answer leaves (not when actix-web recycles the request).
+            res.request().extensions_mut().remove::<Work>();
             res.map_into_left_body()
         }
-        Ok(Err(e)) => {
-            work.settle(&mut permit, false);
-            return Err(e);
-        }
-        // Dropped at the cut: the handler's future is gone with `handler`.
+        Ok(Err(e)) => return Err(e),
+        // Dropped at the cut: the handler's future goes with this function.
         Err(reason) => {
-            drop(handler);
-            drop(permit);
             if let Some((told, method, path)) = told {
                 told(&method, &path, EngineError::Cut(reason));
             }
@@ -110,7 +108,6 @@ pub(crate) async fn drain_policy<B: MessageBody + 'static>(
             return Err(EngineError::Cut(reason).into());
         }
     };
-    drop(permit);
     // Checked after the work: a request that began before the drain and ends
     // during it also tells its client to go elsewhere.
     if !state().is_active() {

@@ -8,59 +8,69 @@ use std::time::Duration;
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpMessage, HttpRequest};
-use tokio::sync::watch;
 
 use super::error::EngineError;
-use crate::drain::{CancelReason, DrainState, Permit};
+use crate::drain::{CancelReason, Permit};
 
 const SHIELDED: u8 = 1;
 const DROPPED: u8 = 2;
 const ANSWERED: u8 = 4;
 const CANCELLED: u8 = 8;
+/// Answered without a server error (completed, unless marked otherwise).
+const FINE: u8 = 16;
 
 /// Every admitted request's handle on its own admission; extract it in a
-/// handler (`work: Work`). Clones share it. Handlers that do not ask for it
-/// drain all the same: the engine counts every request.
+/// handler (`work: Work`). Clones share it; the request is counted down when
+/// the engine has answered it and no clone is left. Handlers that do not ask
+/// for it drain all the same: the engine counts every request.
 #[derive(Clone)]
-pub struct Work {
-    flags: Arc<AtomicU8>,
-    state: watch::Receiver<DrainState>,
-    grace: Duration,
+pub struct Work(Arc<Admitted>);
+
+/// The permit, and what the handler and the engine said of the work.
+struct Admitted {
+    flags: AtomicU8,
+    permit: Permit,
+}
+
+impl Drop for Admitted {
+    /// Puts what was said on the permit, which then counts the request down.
+    fn drop(&mut self) {
+        let flags = *self.flags.get_mut();
+        if flags & CANCELLED != 0 {
+            self.permit.mark_cancelled();
+        } else if flags & (ANSWERED | FINE) != 0 {
+            self.permit.mark_answered();
+        }
+    }
 }
 
 impl Work {
-    pub(crate) fn new(permit: &Permit, state: watch::Receiver<DrainState>) -> Work {
-        Work {
-            flags: Arc::new(AtomicU8::new(0)),
-            state,
-            grace: permit.grace(),
-        }
+    pub(crate) fn new(permit: Permit) -> Work {
+        Work(Arc::new(Admitted {
+            flags: AtomicU8::new(0),
+            permit,
+        }))
+    }
+
+    fn set(&self, flag: u8) {
+        self.0.flags.fetch_or(flag, Ordering::AcqRel);
     }
 
     /// Resolves when the drain is cut (its deadline, a second Ctrl+C,
     /// SIGQUIT); never otherwise. Unshielded work is dropped at that moment
     /// anyway; shielded work sees it here and must answer by [`Work::grace`].
     pub async fn cancelled(&self) -> CancelReason {
-        let mut state = self.state.clone();
-        let cut = state
-            .wait_for(|s| s.cut().is_some())
-            .await
-            .ok()
-            .and_then(|s| s.cut());
-        match cut {
-            Some(reason) => reason,
-            None => std::future::pending().await,
-        }
+        self.0.permit.cancelled().await
     }
 
     /// The cut, if it has come.
     pub fn is_cancelled(&self) -> Option<CancelReason> {
-        self.state.borrow().cut()
+        self.0.permit.is_cancelled()
     }
 
     /// Resolves once a drain has begun (work that may be declined stops here).
     pub async fn drain_begun(&self) {
-        let mut state = self.state.clone();
+        let mut state = self.0.permit.state();
         if state.wait_for(|s| !s.is_active()).await.is_err() {
             std::future::pending::<()>().await;
         }
@@ -68,48 +78,51 @@ impl Work {
 
     /// Whether a drain has begun.
     pub fn is_draining(&self) -> bool {
-        !self.state.borrow().is_active()
+        !self.0.permit.state().borrow().is_active()
     }
 
     /// After a cut, how long shielded work may still run before it must answer.
     pub fn grace(&self) -> Duration {
-        self.grace
+        self.0.permit.grace()
     }
 
     /// Asks not to be dropped at the cut from now on. False when the engine
     /// has already dropped this request (the caller is being dropped too).
     pub fn try_shield(&self) -> bool {
-        let before = self.flags.fetch_or(SHIELDED, Ordering::AcqRel);
+        let before = self.0.flags.fetch_or(SHIELDED, Ordering::AcqRel);
         before & DROPPED == 0
     }
 
     /// The handler produced its real result: counted as completed.
     pub fn mark_answered(&self) {
-        self.flags.fetch_or(ANSWERED, Ordering::AcqRel);
+        self.set(ANSWERED);
     }
 
     /// The handler stopped at a safe point because of the cut: counted as cut short.
     pub fn mark_cancelled(&self) {
-        self.flags.fetch_or(CANCELLED, Ordering::AcqRel);
+        self.set(CANCELLED);
     }
 
     /// For the engine at the cut: drops the request unless it is shielded.
     pub(crate) fn try_drop(&self) -> bool {
-        self.flags
+        let dropped = self
+            .0
+            .flags
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| {
                 (f & SHIELDED == 0).then_some(f | DROPPED)
             })
-            .is_ok()
+            .is_ok();
+        if dropped {
+            self.set(CANCELLED);
+        }
+        dropped
     }
 
-    /// Puts what the handler marked on the permit; `ok`: it answered
-    /// without a server error, which counts as completed when unmarked.
-    pub(crate) fn settle(&self, permit: &mut Permit, ok: bool) {
-        let flags = self.flags.load(Ordering::Acquire);
-        if flags & CANCELLED != 0 {
-            permit.mark_cancelled();
-        } else if flags & ANSWERED != 0 || ok {
-            permit.mark_answered();
+    /// For the engine once the handler answered: `ok`, it answered without
+    /// a server error, which counts as completed unless it said otherwise.
+    pub(crate) fn finished(&self, ok: bool) {
+        if ok {
+            self.set(FINE);
         }
     }
 }
@@ -117,7 +130,7 @@ impl Work {
 impl std::fmt::Debug for Work {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Work")
-            .field("flags", &self.flags.load(Ordering::Relaxed))
+            .field("flags", &self.0.flags.load(Ordering::Relaxed))
             .finish()
     }
 }
