@@ -13,16 +13,33 @@
 #   exit        bench/exit_latency.py, BENCH_EXIT_RUNS runs per build
 #   stdin       bench/stdin_bench.py: drainer --stdin, BENCH_STDIN_COUNT requests
 #               (100000), BENCH_STDIN_RUNS runs (3)
-# prints a markdown table of medians and drainer/bare ratios and writes it into the
-# results section of docs/benchmarks.md.
+#   hello       the engine's hello example (actors/examples/hello.rs, run with WORKERS=2)
+#               against the same handler on actix-web's own HttpServer
+#               (bench/bare/src/bin/hello.rs, .workers(2)), no database:
+#               BENCH_HELLO_ROUNDS interleaved rounds (engine, httpserver, engine, ...),
+#               each on a fresh server: warm-up, then
+#               wrk -t2 -c64 -d${BENCH_HELLO_SECONDS}s --latency 'http://127.0.0.1:<port>/?delay_ms=0'
+#               and SIGTERM (the exit status is recorded); built with
+#               cargo build --release -p drainer-engine --example hello  (target/release/examples/hello)
+#               cargo build --release -p bare --bin hello                (target/release/hello)
+# prints a markdown table of medians and drainer/bare ratios (and one of the hello
+# medians, spreads and engine/httpserver ratios) and writes them into the results
+# section of docs/benchmarks.md.
 #
 # Environment (all optional):
 #   BENCH_ROUNDS=3 BENCH_SECONDS=10 BENCH_WARMUP=2 BENCH_EXIT_RUNS=20
 #   BENCH_THREADS=2 BENCH_CONNECTIONS=64     wrk -t / -c
 #   BENCH_BUILDS="drainer bare"              builds to run (e.g. "bare" for a smoke test)
+#   BENCH_HELLO=1                            0: skip the hello section; only: run the hello
+#                                            section alone (no PostgreSQL, no drainer or bare
+#                                            build; prints its table, leaves the docs alone)
+#   BENCH_HELLO_ROUNDS=3                     hello rounds per build
+#   BENCH_HELLO_SECONDS=$BENCH_SECONDS       wrk duration per hello round
 #   BENCH_WRITE_DOCS=1                       0: do not touch docs/benchmarks.md
 #   BENCH_OUT=<dir>                          keep wrk outputs and server logs there
 # Quick smoke run: BENCH_ROUNDS=1 BENCH_SECONDS=2 BENCH_WARMUP=1 BENCH_EXIT_RUNS=3 bench/run.sh
+# Hello section alone: BENCH_HELLO=only bench/run.sh
+#   (smoke: BENCH_HELLO=only BENCH_HELLO_ROUNDS=1 BENCH_SECONDS=2 BENCH_WARMUP=1 bench/run.sh)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -44,6 +61,10 @@ threads=${BENCH_THREADS:-2}
 conns_list=${BENCH_CONNECTIONS:-1 32 256}
 builds=${BENCH_BUILDS:-drainer bare}
 write_docs=${BENCH_WRITE_DOCS:-1}
+hello=${BENCH_HELLO:-1}
+hello_rounds=${BENCH_HELLO_ROUNDS:-3}
+hello_duration=${BENCH_HELLO_SECONDS:-$duration}
+hello_conns=64
 posint BENCH_ROUNDS "$rounds"
 posint BENCH_SECONDS "$duration"
 posint BENCH_EXIT_RUNS "$exit_runs"
@@ -54,6 +75,12 @@ for b in $builds; do
     case $b in drainer | bare) ;; *) die "BENCH_BUILDS: unknown build '$b' (drainer, bare)" ;; esac
 done
 [ -n "${builds// /}" ] || die "BENCH_BUILDS is empty"
+case $hello in 0 | 1 | only) ;; *) die "BENCH_HELLO must be 0, 1 or only, got '$hello'" ;; esac
+posint BENCH_HELLO_ROUNDS "$hello_rounds"
+posint BENCH_HELLO_SECONDS "$hello_duration"
+# The hello section alone: no drainer or bare build, so every section that loops
+# over $builds (throughput, exit latency, stdin) does nothing.
+[ "$hello" != only ] || builds=
 
 # --- tools and binaries (done once, before a database is started) -------------------
 if [ -z "${_BENCH_PREPARED:-}" ]; then
@@ -68,15 +95,23 @@ if [ -z "${_BENCH_PREPARED:-}" ]; then
             die "wrk not found: install it (Debian/Ubuntu: sudo apt-get install wrk; macOS: brew install wrk) and re-run"
         fi
     fi
-    pkgs=()
-    for b in $builds; do pkgs+=(-p "$b"); done
-    say "cargo build --release ${pkgs[*]}"
-    cargo build --release "${pkgs[@]}"
+    if [ "$hello" != only ]; then
+        pkgs=()
+        for b in $builds; do pkgs+=(-p "$b"); done
+        say "cargo build --release ${pkgs[*]}"
+        cargo build --release "${pkgs[@]}"
+    fi
+    if [ "$hello" != 0 ]; then
+        say "cargo build --release -p drainer-engine --example hello"
+        cargo build --release -p drainer-engine --example hello
+        say "cargo build --release -p bare --bin hello"
+        cargo build --release -p bare --bin hello
+    fi
     export _BENCH_PREPARED=1
 fi
 
-# --- database ----------------------------------------------------------------------
-if [ -z "${DATABASE_URL:-}" ]; then
+# --- database (not for the hello section alone) --------------------------------------
+if [ "$hello" != only ] && [ -z "${DATABASE_URL:-}" ]; then
     [ -z "${_BENCH_UNDER_PG:-}" ] && [ -f scripts/with-postgres.sh ] ||
         die "DATABASE_URL is not set and scripts/with-postgres.sh did not provide one"
     say "no DATABASE_URL: starting a throwaway PostgreSQL via scripts/with-postgres.sh"
@@ -92,6 +127,12 @@ for b in $builds; do
     bin[$b]=$target_dir/release/$b
     [ -x "${bin[$b]}" ] || die "${bin[$b]} not found (cargo build --release -p $b)"
 done
+if [ "$hello" != 0 ]; then
+    bin[engine]=$target_dir/release/examples/hello
+    bin[httpserver]=$target_dir/release/hello
+    [ -x "${bin[engine]}" ] || die "${bin[engine]} not found (cargo build --release -p drainer-engine --example hello)"
+    [ -x "${bin[httpserver]}" ] || die "${bin[httpserver]} not found (cargo build --release -p bare --bin hello)"
+fi
 
 out=${BENCH_OUT:-$(mktemp -d "${TMPDIR:-/tmp}/drainer-bench.XXXXXX")}
 mkdir -p "$out"
@@ -124,24 +165,25 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-start_server() { # $1 build, $2 port, $3 log file
-    PORT=$2 "${bin[$1]}" >>"$3" 2>&1 &
+start_server() { # $1 build, $2 port, $3 log file, then NAME=value ... for its environment
+    local build=$1 port=$2 log=$3 i
+    shift 3
+    env PORT="$port" "$@" "${bin[$build]}" >>"$log" 2>&1 &
     server_pid=$!
-    local i
     for ((i = 0; i < 300; i++)); do # 30 s
         if ! kill -0 "$server_pid" 2>/dev/null; then
             server_pid=
-            tail -n 20 "$3" >&2
-            die "$1 exited during startup (log: $3)"
+            tail -n 20 "$log" >&2
+            die "$build exited during startup (log: $log)"
         fi
-        if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             sleep 0.1 # let the probe connection go away
             return 0
         fi
         sleep 0.1
     done
-    tail -n 20 "$3" >&2
-    die "$1 is not accepting connections on port $2 after 30 s (log: $3)"
+    tail -n 20 "$log" >&2
+    die "$build is not accepting connections on port $port after 30 s (log: $log)"
 }
 
 # --- throughput: interleaved rounds, at each connection count -----------------------
@@ -185,6 +227,32 @@ if [[ " $builds " == *" drainer "* ]]; then
         -- "${bin[drainer]}" >"$out/stdin.json" || die "stdin_bench.py failed"
 fi
 
+# --- hello: the engine's example against the same handler on HttpServer -------------
+if [ "$hello" != 0 ]; then
+    ht=$((threads < hello_conns ? threads : hello_conns))
+    for ((r = 1; r <= hello_rounds; r++)); do
+        for b in engine httpserver; do
+            port=$(free_port)
+            log=$out/hello.$b.log
+            echo "=== hello round $r, port $port" >>"$log"
+            say "hello round $r/$hello_rounds, $hello_conns connections: $b on port $port"
+            case $b in
+                engine) start_server "$b" "$port" "$log" WORKERS=2 ;;
+                *) start_server "$b" "$port" "$log" ;; # .workers(2) in its code
+            esac
+            url="http://127.0.0.1:$port/?delay_ms=0"
+            if ((warmup > 0)); then
+                wrk -t"$ht" -c"$hello_conns" -d"${warmup}s" "$url" >"$out/hello.$b.$r.warmup.txt"
+            fi
+            wrk -t"$ht" -c"$hello_conns" -d"${hello_duration}s" --latency "$url" >"$out/hello.$b.$r.wrk.txt"
+            stop_server
+            echo "$server_rc" >"$out/hello.$b.$r.rc"
+            grep -E 'Requests/sec| 50%| 99%|errors|Non-2xx' "$out/hello.$b.$r.wrk.txt" | sed 's/^ */   /' >&2 || true
+            [ "$server_rc" = 0 ] || echo "$prog: warning: hello $b exited with status $server_rc after SIGTERM" >&2
+        done
+    done
+fi
+
 # --- report ------------------------------------------------------------------------
 mem_kib=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo 2>/dev/null || true)
 cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
@@ -198,9 +266,12 @@ else
     BENCH_COMMIT="none yet"
 fi
 export BENCH_OVERRIDES
-BENCH_OVERRIDES=$(env | grep -E '^BENCH_(ROUNDS|SECONDS|WARMUP|EXIT_RUNS|THREADS|CONNECTIONS|BUILDS)=' | sort | tr '\n' ' ' || true)
+BENCH_OVERRIDES=$(env | grep -E '^BENCH_(ROUNDS|SECONDS|WARMUP|EXIT_RUNS|THREADS|CONNECTIONS|BUILDS|HELLO_ROUNDS|HELLO_SECONDS)=' | sort | tr '\n' ' ' || true)
+export BENCH_HELLO_PARAMS
+BENCH_HELLO_PARAMS="$hello_rounds interleaved rounds per build (engine, httpserver, engine, ...), each on a fresh server, of \`wrk -t$((threads < hello_conns ? threads : hello_conns)) -c$hello_conns -d${hello_duration}s --latency 'http://127.0.0.1:<port>/?delay_ms=0'\` after a ${warmup} s warm-up"
 
-BENCH_CONNS="$conns_list" python3 - "$out" "$rounds" "$write_docs" $builds <<'PY'
+BENCH_CONNS="$conns_list" _HELLO_MODE="$hello" _HELLO_ROUNDS="$hello_rounds" \
+    python3 - "$out" "$rounds" "$write_docs" $builds <<'PY'
 import json, os, re, statistics, sys
 
 out, rounds, write_docs, builds = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4:]
@@ -223,6 +294,105 @@ def parse_wrk(text):
     if rps is None or p99 is None:
         raise SystemExit(f"cannot parse wrk output:\n{text}")
     return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors, "requests": requests}
+
+def hello_report():
+    """The hello section's text: summary table, per-round table, notes."""
+    n = int(os.environ["_HELLO_ROUNDS"])
+    names = {"engine": "engine", "httpserver": "HttpServer"}
+    runs = {}
+    for x in names:
+        runs[x] = []
+        for r in range(1, n + 1):
+            with open(f"{out}/hello.{x}.{r}.wrk.txt") as fh:
+                w = parse_wrk(fh.read())
+            with open(f"{out}/hello.{x}.{r}.rc") as fh:
+                w["rc"] = fh.read().strip()
+            runs[x].append(w)
+    e, h = runs["engine"], runs["httpserver"]
+
+    def med(rs, k):
+        return statistics.median(w[k] for w in rs)
+
+    def span(rs, k, fmt):
+        vals = [w[k] for w in rs]
+        return f"{format(min(vals), fmt)}–{format(max(vals), fmt)}"
+
+    def rat(a, b):
+        return a / b if b else float("inf")
+
+    def verdict(ok):
+        return "PASS" if ok else "**MISS**"
+
+    def rounds_verdict(oks):
+        met = sum(oks)
+        if met == len(oks):
+            return f"PASS in {met}/{len(oks)} rounds"
+        if met == 0:
+            return f"**MISS** in {len(oks)}/{len(oks)} rounds"
+        return f"PASS in {met}/{len(oks)}, **MISS** in {len(oks) - met}/{len(oks)} rounds"
+
+    # A round's ratio pairs the engine's round i with the HttpServer round right after it.
+    checks = {
+        "rps": ("≥ 0.9× HttpServer", lambda ev, hv: ev >= 0.9 * hv),
+        "p99_ms": ("≤ 1.1× HttpServer", lambda ev, hv: ev <= 1.1 * hv),
+    }
+    rows = [("rps", "requests/s", ",.0f"), ("p99_ms", "p99, ms", ".2f"), ("p50_ms", "p50, ms", ".2f")]
+    lines = ["| metric | engine | HttpServer | engine/HttpServer | target | |",
+             "|---|---:|---:|---:|---|---|"]
+    for k, label, fmt in rows:
+        em, hm = med(e, k), med(h, k)
+        per = [rat(a[k], b[k]) for a, b in zip(e, h)]
+        target, check = checks.get(k, ("", None))
+        lines.append(f"| {label}, median | {format(em, fmt)} | {format(hm, fmt)} | {rat(em, hm):.2f} | "
+                     f"{target} | {verdict(check(em, hm)) if check else ''} |")
+        lines.append(f"| {label}, min–max over {n} round{'s' if n > 1 else ''} | {span(e, k, fmt)} | {span(h, k, fmt)} | "
+                     f"{min(per):.2f}–{max(per):.2f} per round | {target + ' in each round' if check else ''} | "
+                     f"{rounds_verdict([check(a[k], b[k]) for a, b in zip(e, h)]) if check else ''} |")
+    lines.append(f"| errors (socket + non-2xx), all rounds | {sum(w['errors'] for w in e)} | "
+                 f"{sum(w['errors'] for w in h)} | | | |")
+    lines.append(f"| exit status after SIGTERM, per round | {', '.join(w['rc'] for w in e)} | "
+                 f"{', '.join(w['rc'] for w in h)} | | engine: 0 | {verdict(all(w['rc'] == '0' for w in e))} |")
+    detail = ["| build | round | req/s | p50 ms | p99 ms | requests | errors | exit status after SIGTERM |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in range(n):
+        for x, rs in (("engine", e), ("httpserver", h)):
+            w = rs[r]
+            p50 = "n/a" if w["p50_ms"] is None else f"{w['p50_ms']:.2f}"
+            detail.append(f"| {x} | {r + 1} | {w['rps']:,.0f} | {p50} | {w['p99_ms']:.2f} | "
+                          f"{w['requests']:,} | {w['errors']} | {w['rc']} |")
+    notes = []
+    for x, rs in (("engine", e), ("httpserver", h)):
+        bad = sum(w["rc"] != "0" for w in rs)
+        if bad:
+            notes.append(f"- **hello {x}: {bad} of {n} rounds ended with a non-zero exit status after SIGTERM**")
+        errs = sum(w["errors"] for w in rs)
+        if errs:
+            notes.append(f"- **hello {x}: {errs} wrk errors (socket + non-2xx) over the rounds**")
+    text = "\n".join([
+        "Hello example: `actors/examples/hello.rs` on the engine (`WORKERS=2`) against the same",
+        "handler on actix-web's own `HttpServer` (`bench/bare/src/bin/hello.rs`, `.workers(2)`):",
+        f"{os.environ['BENCH_HELLO_PARAMS']}.",
+        "Medians, with the min–max over the rounds; a round's ratio pairs an engine round with",
+        "the HttpServer round right after it.",
+        "",
+        *lines,
+        "",
+        "Per hello round:",
+        "",
+        *detail,
+        *([""] + notes if notes else []),
+    ])
+    return text
+
+if os.environ["_HELLO_MODE"] == "only":
+    text = hello_report()
+    overrides = os.environ.get("BENCH_OVERRIDES", "").strip()
+    print(f"\nRecorded on {os.environ['BENCH_DATE']} (commit: {os.environ['BENCH_COMMIT']}), "
+          f"BENCH_HELLO=only{', overridden by ' + overrides if overrides else ''}.")
+    print(f"Machine: {os.environ['BENCH_MACHINE']}\n")
+    print(text)
+    print("\nBENCH_HELLO=only: docs/benchmarks.md left alone")
+    sys.exit(0)
 
 conns = [int(c) for c in os.environ["BENCH_CONNS"].split()]
 data = {}
@@ -341,6 +511,10 @@ for x in cols:
 env = os.environ
 overrides = env.get("BENCH_OVERRIDES", "").strip()
 overrides = f", overridden by `{overrides}` (not comparable with the targets)" if overrides else ""
+hello_text = ""
+if os.environ["_HELLO_MODE"] == "1":
+    hello_text = "\n" + hello_report() + "\n"
+
 section = f"""## Results
 
 Recorded on {env['BENCH_DATE']} (commit: {env['BENCH_COMMIT']}) with `make bench`{overrides}.
@@ -355,9 +529,11 @@ Per round:
 {chr(10).join(detail)}
 
 {chr(10).join(notes)}
-"""
+{hello_text}"""
 print("\n" + table + "\n" + stdin_table)
 print("\n".join(notes))
+if hello_text:
+    print(hello_text)
 
 if write_docs:
     path = "docs/benchmarks.md"
