@@ -6,7 +6,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use actix::Actor;
 use clap::error::ErrorKind;
 use clap::Parser;
 use drainer_engine::{
@@ -200,11 +199,9 @@ where
         })?,
         Some(signal) = signals.next() => return Ok(interrupted(signal)),
     };
-    let db = db.counted_in(engine.census().clone()).start();
-
     // In order of start: the database first, so it closes last.
+    let db = engine.start(db.counted_in(engine.census().clone()));
     engine.signals(signals);
-    engine.own(db.clone());
     crate::jobs::register_database(&mut engine, db.clone());
     engine.on_stop("flush_telemetry", telemetry.flush_hook());
     crate::jobs::start_heartbeat(&mut engine, db.clone(), config.heartbeat());

@@ -133,6 +133,17 @@ impl Engine {
         self
     }
 
+    /// Starts a component and hands it to the Supervisor, which stops it
+    /// (with [`StopActor`]) at the exit, after the phases; answers its address.
+    pub fn start<A>(&mut self, component: A) -> Addr<A>
+    where
+        A: Actor<Context = actix::Context<A>> + Handler<StopActor>,
+    {
+        let addr = component.start();
+        self.own(addr.clone());
+        addr
+    }
+
     /// Hands a running component to the Supervisor, which stops it (with
     /// [`StopActor`]) at the exit, after the phases.
     pub fn own<A>(&mut self, component: Addr<A>) -> &mut Self

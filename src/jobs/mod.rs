@@ -29,7 +29,7 @@ pub mod request;
 
 use std::time::Duration;
 
-use actix::{Actor, Addr};
+use actix::Addr;
 use drainer_engine::{Engine, Outcome, PhaseCtx, StopActor};
 use log::{info, warn};
 use tokio::sync::oneshot;
@@ -67,8 +67,7 @@ pub fn register_database(engine: &mut Engine, db: Addr<DbActor>) {
 /// Starts the heartbeat, owned by the Supervisor, with its `stop_background`
 /// hook (register it after `flush_telemetry`: it runs before).
 pub fn start_heartbeat(engine: &mut Engine, db: Addr<DbActor>, every: Duration) {
-    let heartbeat = Heartbeat::new(db, every, engine.census().clone()).start();
-    engine.own(heartbeat.clone());
+    let heartbeat = engine.start(Heartbeat::new(db, every, engine.census().clone()));
     engine.on_stop("stop_background", move |ctx| async move {
         // `do_send`: delivered however this phase ends (a dropped `send` is
         // never handled). Then wait until the beat in progress, if any, is over.

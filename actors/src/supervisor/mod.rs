@@ -50,9 +50,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::census::Census;
-use crate::drain::{
-    BeginDrain, CancelReason, CutDrain, DrainCoordinator, DrainReport, Outcome, WorkDone,
-};
+use crate::drain::{BeginDrain, CancelReason, CutDrain, DrainCoordinator, DrainReport, Outcome};
 use crate::lifecycle::{Control, Lifecycle, PhaseCtx, StopActor};
 use crate::metrics::Metrics;
 use crate::transport::{Core, PreStop, StopTransport, Transport, TransportDrain, TransportEnded};
@@ -260,19 +258,16 @@ impl Supervisor {
             return;
         };
         info!("draining server");
-        // Sent now, so readiness turns 503 before anything else happens.
-        // (`do_send`: a `send` whose answer nobody awaits is never handled.)
-        self.coordinator.do_send(BeginDrain);
-        if !self.drain_begin.is_empty() {
-            let begun = self.coordinator.send(BeginDrain);
-            let hooks = std::mem::take(&mut self.drain_begin);
-            self.census.spawn(async move {
-                let Ok(in_flight) = begun.await else { return };
-                for hook in hooks {
-                    hook(in_flight);
-                }
-            });
-        }
+        // Sent now, so readiness turns 503 before anything else happens; its
+        // answer (the count in flight) goes to the drain-begin hooks.
+        let begun = self.coordinator.send(BeginDrain);
+        let hooks = std::mem::take(&mut self.drain_begin);
+        self.census.spawn(async move {
+            let Ok(in_flight) = begun.await else { return };
+            for hook in hooks {
+                hook(in_flight);
+            }
+        });
         // The order says how long the delay and the work may run (a prestop's
         // delay, a protocol drain's timeout).
         lifecycle.set_timeout(phase::DELAY, delay);
@@ -337,19 +332,15 @@ impl Supervisor {
         let owned = std::mem::take(&mut self.owned);
         let census = self.census.clone();
         let stop_all = async move {
-            // However the drain phase ended, the coordinator knows the figures.
-            let snapshot = tokio::time::timeout(
-                STOP_ACTOR_TIMEOUT,
-                coordinator.send(crate::drain::GetSnapshot),
-            );
-            let work = match (work, snapshot.await) {
-                (Some(w), Ok(Ok(s))) => Some(WorkDone {
-                    completed: s.completed_in_drain,
-                    ..w
-                }),
-                (w, _) => w,
-            };
+            // The coordinator's report carries the figures; without one (the
+            // drain phase was cut before the work ended) its state has them.
             let mut report = Report::new(trigger, phases, work, zero);
+            if work.is_none() {
+                let snapshot = coordinator.send(crate::drain::GetSnapshot);
+                if let Ok(Ok(s)) = tokio::time::timeout(STOP_ACTOR_TIMEOUT, snapshot).await {
+                    report.completed = s.completed_in_drain;
+                }
+            }
             report.census = Some(census.clone());
             info!("{report}");
             // `do_send`: every stop is delivered, however long an actor takes.
