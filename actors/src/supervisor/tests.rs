@@ -37,6 +37,15 @@ impl Handler<StopTransport> for NoListener {
     }
 }
 
+/// The transport of these tests.
+fn no_listener() -> Transport {
+    let t = NoListener.start();
+    Transport {
+        close_listener: t.clone().recipient(),
+        stop: t.recipient(),
+    }
+}
+
 fn settings() -> ShutdownSettings {
     ShutdownSettings {
         prestop_delay: Duration::from_millis(300),
@@ -73,11 +82,7 @@ where
         engine
             .run(move |core| {
                 let _ = core_tx.send(core.clone());
-                let t = NoListener.start();
-                Transport {
-                    close_listener: t.clone().recipient(),
-                    stop: t.recipient(),
-                }
+                no_listener()
             })
             .await
             .expect("the engine ran")
@@ -309,16 +314,7 @@ fn owned_components_are_stopped_at_the_exit() {
         engine.own(Component(tx).start());
         let handle = engine.handle();
         handle.drain();
-        engine
-            .run(|_| {
-                let t = NoListener.start();
-                Transport {
-                    close_listener: t.clone().recipient(),
-                    stop: t.recipient(),
-                }
-            })
-            .await
-            .expect("ran")
+        engine.run(|_| no_listener()).await.expect("ran")
     });
     assert_eq!(report.exit_code, 0);
     assert_eq!(rx.try_recv(), Ok("stopped"));
@@ -329,13 +325,7 @@ fn owned_components_are_stopped_at_the_exit() {
 fn two_engines_in_one_system_drain_apart() {
     let system = actix_rt::System::new();
     let (a, b) = system.block_on(async {
-        let transport = |_: &Core| {
-            let t = NoListener.start();
-            Transport {
-                close_listener: t.clone().recipient(),
-                stop: t.recipient(),
-            }
-        };
+        let transport = |_: &Core| no_listener();
         let (first, second) = (Engine::new(settings()), Engine::new(settings()));
         let (h1, h2) = (first.handle(), second.handle());
         let busy = Rc::new(RefCell::new(None));
