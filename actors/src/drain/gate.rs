@@ -31,7 +31,8 @@ const NO_CUT: u8 = 0;
 /// The count, the flags and the counters of one drain.
 pub(crate) struct Gate {
     word: AtomicU64,
-    /// Set when the drain begins: answered work is counted as completed.
+    /// Set when the drain begins: answered work is counted as completed, and
+    /// responses carry `Connection: close`.
     draining: AtomicBool,
     completed_in_drain: AtomicUsize,
     cancelled: AtomicUsize,
@@ -158,6 +159,12 @@ impl Admission {
     /// Whether admission has stopped for good.
     pub fn is_closed(&self) -> bool {
         self.0.is_closed()
+    }
+
+    /// Whether a drain has begun: a plain atomic read, without the state
+    /// channel's lock (every response reads it, for `Connection: close`).
+    pub fn drain_begun(&self) -> bool {
+        self.0.draining.load(Ordering::Acquire)
     }
 }
 

@@ -110,7 +110,7 @@ pub(crate) async fn drain_policy<B: MessageBody + 'static>(
     };
     // Checked after the work: a request that began before the drain and ends
     // during it also tells its client to go elsewhere.
-    if !state().is_active() {
+    if data.admission.drain_begun() {
         close_connection(&mut res);
     }
     Ok(res)
