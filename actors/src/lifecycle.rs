@@ -209,9 +209,7 @@ impl Lifecycle {
         let mut records = Vec::with_capacity(count);
         for (i, phase) in self.phases.into_iter().rev().enumerate() {
             if held {
-                if control.wait_for(|c| c.exit.is_some()).await.is_err() {
-                    warn!("shutdown: nobody can ask for the exit any more; going on");
-                }
+                wait_for_exit(&mut control).await;
                 held = false;
             }
             let last = i + 1 == count;
@@ -281,11 +279,19 @@ impl Lifecycle {
                 held = true;
             }
         }
-        if held && control.wait_for(|c| c.exit.is_some()).await.is_err() {
-            warn!("shutdown: nobody can ask for the exit any more; going on");
+        if held {
+            wait_for_exit(&mut control).await;
         }
         trace.span().end();
         records
+    }
+}
+
+/// Holds the phases after a prestop's or a protocol drain's until something
+/// asks the process to exit.
+async fn wait_for_exit(control: &mut watch::Receiver<Control>) {
+    if control.wait_for(|c| c.exit.is_some()).await.is_err() {
+        warn!("shutdown: nobody can ask for the exit any more; going on");
     }
 }
 

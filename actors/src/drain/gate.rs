@@ -204,15 +204,13 @@ impl Permit {
     }
 
     /// The published drain state (a receiver of its own).
-    pub fn state(&self) -> watch::Receiver<DrainState> {
+    pub(crate) fn state(&self) -> watch::Receiver<DrainState> {
         self.gate.state.clone()
     }
 
-    /// The drain's cut, if it has come.
+    /// The drain's cut, if it has come (recorded before it is published).
     pub fn is_cancelled(&self) -> Option<CancelReason> {
-        self.gate
-            .recorded_cut()
-            .or_else(|| self.gate.state.borrow().cut())
+        self.gate.recorded_cut()
     }
 
     /// Records that the work stopped at a safe point because it was cancelled.

@@ -33,19 +33,19 @@ pub(crate) async fn drain_policy<B: MessageBody + 'static>(
             .await
             .map(ServiceResponse::map_into_left_body);
     };
-    let state = || *data.state.borrow();
     if let Some(probe) = data.probes.find(req.path()) {
         // Only a GET is a probe; another method is refused like any request
         // once admission has stopped, and is 405 before.
         let res = if req.method() == Method::GET {
-            probes::answer(probe, state(), &data.readiness).await
+            let state = *data.state.borrow();
+            probes::answer(probe, state, &data.readiness).await
         } else if data.admission.is_closed() {
             EngineError::ShuttingDown.error_response()
         } else {
             EngineError::MethodNotAllowed.error_response()
         };
         let mut res = req.into_response(res);
-        if !state().is_active() {
+        if data.admission.drain_begun() {
             close_connection(&mut res);
         }
         return Ok(res.map_into_right_body());

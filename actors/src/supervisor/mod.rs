@@ -431,18 +431,8 @@ impl Actor for Supervisor {
     /// The last actor to stop: it hands the report back.
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.census.actor_stopped();
-        let report = match std::mem::replace(
-            &mut self.state,
-            ShutdownState::Draining {
-                order: ShutdownOrder {
-                    trigger: Trigger::Requested,
-                    began: Instant::now(),
-                    delay: Duration::ZERO,
-                    drain_timeout: Duration::ZERO,
-                },
-            },
-        ) {
-            ShutdownState::Stopped { report } => report,
+        let report = match &self.state {
+            ShutdownState::Stopped { report } => report.clone(),
             // Stopped before the shutdown ended (the System went away).
             other => Report::new(other.trigger(), Vec::new(), None, false),
         };
