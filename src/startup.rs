@@ -6,6 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use actix::AsyncContext;
 use clap::error::ErrorKind;
 use clap::Parser;
 use drainer_engine::{
@@ -17,6 +18,7 @@ use log::info;
 use crate::config::Config;
 use crate::http::{Jobs, Outcomes};
 use crate::jobs::db::{DbActor, DbError, DbSettings, Ping};
+use crate::jobs::heartbeat::Heartbeat;
 
 /// How much longer than `REQUEST_TIMEOUT_MS` a statement may run before
 /// PostgreSQL ends it by itself.
@@ -177,35 +179,39 @@ where
         Some(port) => Some(bind_admin(SocketAddr::new(config.admin_bind, port))?),
     };
 
-    // The phases, checked against the budget before the database is touched.
+    // Every stop hook registered (the actors' addresses exist before the
+    // actors run), so the plan that will run is checked against the budget
+    // before the database is touched. In order of start: the database
+    // first, so it closes last.
     let mut engine = Engine::new(config.shutdown());
     if let Some(admin) = admin {
         engine.admin(admin);
     }
-    let names = ["close_database", "flush_telemetry", "stop_background"];
-    let plan = drainer_engine::StopPlan::new(
-        engine.settings(),
-        engine.has_admin(),
-        names.iter().map(|&n| (n, engine.settings().phase_timeout)),
-    );
-    plan.check_budget()
+    let db_context = actix::Context::<DbActor>::new();
+    let db = db_context.address();
+    engine.own(db.clone());
+    crate::jobs::register_database(&mut engine, db.clone());
+    engine.on_stop("flush_telemetry", telemetry.flush_hook());
+    let heartbeat = crate::jobs::register_heartbeat(&mut engine);
+    engine
+        .check_budget()
         .map_err(|e| StartupError::Config(e.to_string()))?;
 
     let host = config.instance_host();
-    let db = tokio::select! {
+    let opened = tokio::select! {
         db = DbActor::open(&settings, &host, local.port()) => db.map_err(|e| match e {
             DbError::InvalidUrl => StartupError::Config(e.to_string()),
             e => StartupError::Database(e),
         })?,
         Some(signal) = signals.next() => return Ok(interrupted(signal)),
     };
-    // In order of start: the database first, so it closes last.
-    let db = engine.start(db.counted_in(engine.census().clone()));
+    db_context.run(opened.counted_in(engine.census().clone()));
+    heartbeat.run(Heartbeat::new(
+        db.clone(),
+        config.heartbeat(),
+        engine.census().clone(),
+    ));
     engine.signals(signals);
-    crate::jobs::register_database(&mut engine, db.clone());
-    engine.on_stop("flush_telemetry", telemetry.flush_hook());
-    crate::jobs::start_heartbeat(&mut engine, db.clone(), config.heartbeat());
-    debug_assert_eq!(engine.plan(), plan, "one plan: checked and run");
 
     let outcomes = Outcomes::register(engine.metrics())
         .map_err(|e| StartupError::Config(format!("metrics: {e}")))?;

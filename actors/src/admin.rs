@@ -56,7 +56,7 @@ pub(crate) fn bind(listener: std::net::TcpListener) -> std::io::Result<TcpListen
 }
 
 /// Starts serving on `listener`; answers the `stop_admin` phase's work.
-pub(crate) fn start(listener: TcpListener, core: &Core, _timeout: Duration) -> StopFn {
+pub(crate) fn start(listener: TcpListener, core: &Core) -> StopFn {
     let (stop, stopped) = watch::channel(false);
     let busy = Busy(watch::channel(0).0);
     let mut answered = busy.0.subscribe();

@@ -215,13 +215,6 @@ impl Engine {
             ask: Ask::from(signal),
             trigger: Trigger::Signal(signal),
         });
-        let handles = futures_util::stream::unfold(self.asks.1, |mut rx| async move {
-            rx.recv().await.map(|a| (a, rx))
-        });
-        let prestops = futures_util::stream::unfold(self.prestops.1, |mut rx| async move {
-            rx.recv().await.map(|a| (a, rx))
-        });
-        let phase_timeout = self.settings.phase_timeout;
         let launch = Launch {
             settings: self.settings,
             plan,
@@ -231,15 +224,20 @@ impl Engine {
             metrics: self.metrics,
             census: self.census,
             admin: admin.map(|listener| {
-                Box::new(move |core: &Core| crate::admin::start(listener, core, phase_timeout))
+                Box::new(move |core: &Core| crate::admin::start(listener, core))
                     as crate::supervisor::AdminStart
             }),
-            asks: futures_util::stream::select(signals, handles).boxed_local(),
-            prestops: prestops.boxed_local(),
+            asks: futures_util::stream::select(signals, receiver_stream(self.asks.1)).boxed_local(),
+            prestops: receiver_stream(self.prestops.1).boxed_local(),
         };
         let report = Supervisor::launch(launch, build);
         report.await.map_err(|_| crate::StartError::Lost)
     }
+}
+
+/// What a channel receives, as a stream (ends when every sender is gone).
+fn receiver_stream<T>(rx: mpsc::UnboundedReceiver<T>) -> impl Stream<Item = T> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|t| (t, rx)) })
 }
 
 /// Programmatic triggers, for tests and embedders: clones share the engine.

@@ -29,7 +29,7 @@ pub mod request;
 
 use std::time::Duration;
 
-use actix::Addr;
+use actix::{Addr, AsyncContext, Context};
 use drainer_engine::{Engine, Outcome, PhaseCtx, StopActor};
 use log::{info, warn};
 use tokio::sync::oneshot;
@@ -64,10 +64,14 @@ pub fn register_database(engine: &mut Engine, db: Addr<DbActor>) {
     });
 }
 
-/// Starts the heartbeat, owned by the Supervisor, with its `stop_background`
-/// hook (register it after `flush_telemetry`: it runs before).
-pub fn start_heartbeat(engine: &mut Engine, db: Addr<DbActor>, every: Duration) {
-    let heartbeat = engine.start(Heartbeat::new(db, every, engine.census().clone()));
+/// Registers the heartbeat, owned by the Supervisor, with its
+/// `stop_background` hook (register it after `flush_telemetry`: it runs
+/// before); answers the context to run the heartbeat in once the database
+/// is open.
+pub fn register_heartbeat(engine: &mut Engine) -> Context<Heartbeat> {
+    let context = Context::<Heartbeat>::new();
+    let heartbeat = context.address();
+    engine.own(heartbeat.clone());
     engine.on_stop("stop_background", move |ctx| async move {
         // `do_send`: delivered however this phase ends (a dropped `send` is
         // never handled). Then wait until the beat in progress, if any, is over.
@@ -76,6 +80,7 @@ pub fn start_heartbeat(engine: &mut Engine, db: Addr<DbActor>, every: Duration) 
         let _ = tokio::time::timeout_at(ctx.deadline, stopped).await;
         Ok(())
     });
+    context
 }
 
 /// The `close_database` hook: the `drain_complete` record with the report's

@@ -311,7 +311,7 @@ fn owned_components_are_stopped_at_the_exit() {
     let system = actix_rt::System::new();
     let report = system.block_on(async move {
         let mut engine = Engine::new(settings());
-        engine.own(Component(tx).start());
+        let _component = engine.start(Component(tx));
         let handle = engine.handle();
         handle.drain();
         engine.run(|_| no_listener()).await.expect("ran")
