@@ -36,6 +36,7 @@ Exit codes:
   2  start-up failed (invalid configuration, port in use, database unreachable or
      still starting up, a schema change blocked by a lock)";
 
+use drainer_engine::persistent::defaults as persistent;
 use drainer_engine::supervisor::defaults;
 
 /// drainer: an HTTP service that drains in-flight work on shutdown and loses nothing.
@@ -125,6 +126,26 @@ pub struct Config {
     /// The most jobs waiting for a batch; past it POST /work answers 503 overloaded.
     #[arg(long, env = "DB_QUEUE_BOUND", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub db_queue_bound: u32,
+
+    /// How long an idle connection stays open while serving; keep it longer than the idle timeout of the load balancer in front (AWS ALB and nginx: 60 s) (ms).
+    #[arg(long, env = "KEEP_ALIVE_MS", default_value_t = 75_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_alive_ms: u64,
+
+    /// After a WebSocket's goodbye (Close 1001), how long to wait for the client's Close reply before closing it anyway; the close_persistent phase's deadline (ms).
+    #[arg(long, env = "WS_CLOSE_TIMEOUT_MS", default_value_t = persistent::WS_CLOSE_TIMEOUT_MS)]
+    pub ws_close_timeout_ms: u64,
+
+    /// How long a WebSocket may be idle before the server pings it; a peer that has not answered within twice that is closed with 1011 (ms).
+    #[arg(long, env = "WS_PING_MS", default_value_t = persistent::WS_PING_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ws_ping_ms: u64,
+
+    /// How often an SSE stream gets a comment line, so that proxies do not time it out (ms).
+    #[arg(long, env = "SSE_KEEPALIVE_MS", default_value_t = persistent::SSE_KEEPALIVE_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sse_keepalive_ms: u64,
+
+    /// The `retry:` an SSE stream is told at the goodbye: how long its client waits before reconnecting (ms).
+    #[arg(long, env = "SSE_RETRY_MS", default_value_t = persistent::SSE_RETRY_MS)]
+    pub sse_retry_ms: u64,
 }
 
 impl Config {
@@ -156,10 +177,22 @@ impl Config {
             .idle_grace(self.idle_close_grace())
             .budget(Some(Duration::from_millis(self.shutdown_timeout_ms)))
             .phase_timeout(Duration::from_millis(self.shutdown_phase_timeout_ms));
+        let ms = Duration::from_millis;
         drainer_engine::ShutdownSettings {
             stalled_phase: self.test_stall_phase.clone(),
+            persistent: drainer_engine::persistent::PersistentSettings {
+                ws_close_timeout: ms(self.ws_close_timeout_ms),
+                ws_ping: ms(self.ws_ping_ms),
+                sse_keepalive: ms(self.sse_keepalive_ms),
+                sse_retry: ms(self.sse_retry_ms),
+            },
             ..settings
         }
+    }
+
+    /// How long an idle connection stays open while serving.
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_millis(self.keep_alive_ms)
     }
 
     /// How often the heartbeat stamps `last_seen_at`.
@@ -288,7 +321,7 @@ mod tests {
         assert_eq!(setting("db_queue_bound"), (s("DB_QUEUE_BOUND"), s("10000")));
         assert_eq!(
             setting("shutdown_timeout_ms"),
-            (s("SHUTDOWN_TIMEOUT_MS"), s("45000"))
+            (s("SHUTDOWN_TIMEOUT_MS"), s("50000"))
         );
         assert_eq!(
             setting("shutdown_phase_timeout_ms"),
@@ -297,6 +330,17 @@ mod tests {
         assert_eq!(setting("heartbeat_ms"), (s("HEARTBEAT_MS"), s("5000")));
         assert_eq!(setting("admin_port"), (s("ADMIN_PORT"), None));
         assert_eq!(setting("admin_bind"), (s("ADMIN_BIND"), s("127.0.0.1")));
+        assert_eq!(setting("keep_alive_ms"), (s("KEEP_ALIVE_MS"), s("75000")));
+        assert_eq!(
+            setting("ws_close_timeout_ms"),
+            (s("WS_CLOSE_TIMEOUT_MS"), s("5000"))
+        );
+        assert_eq!(setting("ws_ping_ms"), (s("WS_PING_MS"), s("20000")));
+        assert_eq!(
+            setting("sse_keepalive_ms"),
+            (s("SSE_KEEPALIVE_MS"), s("15000"))
+        );
+        assert_eq!(setting("sse_retry_ms"), (s("SSE_RETRY_MS"), s("1000")));
     }
 
     #[test]

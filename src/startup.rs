@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use actix::AsyncContext;
+use actix::{Actor, AsyncContext};
 use clap::error::ErrorKind;
 use clap::Parser;
 use drainer_engine::{
@@ -18,6 +18,7 @@ use log::info;
 use crate::config::Config;
 use crate::http::{Jobs, Outcomes};
 use crate::jobs::db::{DbActor, DbError, DbSettings, Ping};
+use crate::jobs::feed::Feed;
 use crate::jobs::heartbeat::Heartbeat;
 
 /// How much longer than `REQUEST_TIMEOUT_MS` a statement may run before
@@ -215,8 +216,11 @@ where
 
     let outcomes = Outcomes::register(engine.metrics())
         .map_err(|e| StartupError::Config(format!("metrics: {e}")))?;
+    let feed = Feed::new(engine.census().clone()).start();
+    engine.own(feed.clone());
     let jobs = Jobs {
         db: db.clone(),
+        feed,
         outcomes: outcomes.clone(),
         census: engine.census().clone(),
         request_timeout: config.request_timeout(),
@@ -225,6 +229,7 @@ where
     let mut server = Server::new(move || crate::http::app(jobs.clone()))
         .workers(workers)
         .client_request_timeout(config.client_request_timeout())
+        .keep_alive(config.keep_alive())
         .readiness("database", move || {
             let db = db.clone();
             Box::pin(async move {

@@ -40,6 +40,9 @@
 //! - [`transport`] — what a transport gets from the engine ([`Core`]) and the
 //!   messages between it and the Supervisor.
 //! - [`admin`] — the admin listener: `/metrics`, `/admin/prestop`.
+//! - [`persistent`] — WebSockets, SSE streams and long-polls drained on
+//!   purpose: a goodbye as the listener closes, tracked apart from the
+//!   in-flight count, closed by `close_persistent`.
 //! - [`signals`] — SIGTERM / SIGINT / SIGQUIT as a stream, installed first;
 //!   stray signals logged and ignored.
 //! - [`metrics`] — the Prometheus registry (the application adds its own families).
@@ -50,7 +53,7 @@
 //! # Messages
 //!
 //! ```text
-//!  signals / Handle ──Asked──▶ Supervisor ──BeginDrain / StopAdmitting / ListenerClosed / CutDrain──▶ DrainCoordinator
+//!  signals / Handle ──Asked──▶ Supervisor ──BeginDrain / ArmDeadline / ListenerClosed / ClosePersistent / CutDrain──▶ DrainCoordinator
 //!                               │   ▲                                                                 │   ▲
 //!                               │   └──────────── DrainReport (WorkDone, Quiet) ──────────────────────┘   │
 //!                               ├──CloseListener / StopTransport──▶ transport (HTTP or stdin)             │
@@ -68,17 +71,27 @@
 //!    up when [`Admission::admit`] hands out a [`Permit`] and down only when
 //!    that permit is dropped — so errors, panics and disconnected clients
 //!    still count down.
-//! 2. Once the coordinator has stopped admitting, no request is admitted
-//!    again: closing the gate and reading its count are one atomic step, and
-//!    admission is a compare-and-swap that fails on a closed gate — there is
-//!    no window between "counted zero" and "admitted one more".
+//! 2. Admission stops at the drain deadline or a forced cut — or earlier,
+//!    once the listener has closed, nothing is in flight and no connection
+//!    that could carry another request is open — never merely because the
+//!    listener closed: a request on a connection already open is served for
+//!    real, with `Connection: close`, so each carries at most one more.
+//!    Once the gate has closed no request is admitted again: closing it and
+//!    reading its count are one atomic step, and admission is a
+//!    compare-and-swap that fails on a closed gate — there is no window
+//!    between "counted zero" and "admitted one more".
 //! 3. At a cut, a handler that has not finished is dropped and answered 503
 //!    with the cut's reason, unless it shielded itself ([`Work::try_shield`]);
 //!    shielded work sees the cut through [`Work::cancelled`] and answers
 //!    itself, and its connection is never closed before that answer.
-//! 4. The drain ends when the count reaches zero (an event, not a poll) or at
-//!    the deadline (a timer); the run ends only once the connections that
-//!    carried the answers have closed, so no answer is lost in a buffer.
+//! 4. The drain ends when the count is zero and no connection that could
+//!    still carry a request is open (idle ones close after
+//!    `IDLE_CLOSE_GRACE_MS`) — events, not polls — or at the deadline (a
+//!    timer); the run ends only once the connections that carried the
+//!    answers have closed, so no answer is lost in a buffer. Persistent
+//!    connections (WebSockets, SSE streams) never hold the drain: they get
+//!    their goodbye as the listener closes, and `close_persistent` waits for
+//!    them (`WS_CLOSE_TIMEOUT_MS`).
 //! 5. The exit code comes from [`Outcome::exit_code`] — except that the end
 //!    of a transport's input always exits 0 (its replies already said what was
 //!    cut short). A cut with nothing in flight is a completed drain.
@@ -92,6 +105,7 @@ pub mod engine;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
+pub mod persistent;
 pub mod run;
 pub mod server;
 pub mod signals;

@@ -254,6 +254,21 @@ impl Lifecycle {
                 "shutdown.phase.duration_ms",
                 i64::try_from(took.as_millis()).unwrap_or(i64::MAX),
             ));
+            if phase.name == crate::supervisor::phase::CLOSE_PERSISTENT {
+                // How the persistent connections ended, per class.
+                for p in report(&records).persistent {
+                    let class = p.class.as_str();
+                    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+                    span.set_attribute(KeyValue::new(
+                        format!("shutdown.persistent.{class}.clean"),
+                        count(p.clean),
+                    ));
+                    span.set_attribute(KeyValue::new(
+                        format!("shutdown.persistent.{class}.forced"),
+                        count(p.forced),
+                    ));
+                }
+            }
             if failed {
                 warn!(
                     "shutdown phase {}: {result} after {} ms; going on",

@@ -11,7 +11,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::persistent::Class;
 
 /// Every value of `drainer_client_timeouts_total{reason}`: a request head
 /// or body not received within `CLIENT_REQUEST_TIMEOUT_MS`, or a client that
@@ -30,6 +34,9 @@ struct Families {
     force_close: IntCounter,
     drain_duration: Gauge,
     client_timeouts: IntCounterVec,
+    persistent_open: IntGaugeVec,
+    persistent_forced: IntCounterVec,
+    persistent_dropped: IntCounterVec,
 }
 
 /// A handle on the registry; clones share it.
@@ -100,6 +107,36 @@ impl Metrics {
         for reason in CLIENT_TIMEOUTS {
             client_timeouts.with_label_values(&[reason]);
         }
+        let persistent_open = IntGaugeVec::new(
+            Opts::new(
+                "drainer_persistent_connections",
+                "Persistent connections open (WebSockets, SSE streams, pending long-polls), by class.",
+            ),
+            &["class"],
+        )
+        .expect("valid metric");
+        let persistent_forced = IntCounterVec::new(
+            Opts::new(
+                "drainer_persistent_forced_total",
+                "Persistent connections closed without their goodbye completing (a WebSocket that \
+                 did not answer the close, a forced cut), by class.",
+            ),
+            &["class"],
+        )
+        .expect("valid metric");
+        let persistent_dropped = IntCounterVec::new(
+            Opts::new(
+                "drainer_persistent_dropped_total",
+                "Persistent connections ended because their client fell too far behind, by class.",
+            ),
+            &["class"],
+        )
+        .expect("valid metric");
+        for class in Class::ALL {
+            persistent_open.with_label_values(&[class.as_str()]);
+            persistent_forced.with_label_values(&[class.as_str()]);
+        }
+        persistent_dropped.with_label_values(&[Class::Sse.as_str()]);
         let families = Families {
             registry,
             in_flight,
@@ -111,9 +148,12 @@ impl Metrics {
             force_close,
             drain_duration,
             client_timeouts,
+            persistent_open,
+            persistent_forced,
+            persistent_dropped,
         };
         let f = &families;
-        let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
             Box::new(f.in_flight.clone()),
             Box::new(f.drain_state.clone()),
             Box::new(f.phase_duration.clone()),
@@ -122,6 +162,9 @@ impl Metrics {
             Box::new(f.force_close.clone()),
             Box::new(f.drain_duration.clone()),
             Box::new(f.client_timeouts.clone()),
+            Box::new(f.persistent_open.clone()),
+            Box::new(f.persistent_forced.clone()),
+            Box::new(f.persistent_dropped.clone()),
         ];
         for c in collectors {
             f.registry.register(c).expect("each family registered once");
@@ -188,6 +231,30 @@ impl Metrics {
         self.0.force_close.inc_by(n as u64);
     }
 
+    /// A persistent connection of `class` opened (`+1`) or closed (`-1`).
+    pub(crate) fn persistent_open(&self, class: Class, delta: i64) {
+        self.0
+            .persistent_open
+            .with_label_values(&[class.as_str()])
+            .add(delta);
+    }
+
+    /// A persistent connection of `class` was closed by force.
+    pub(crate) fn persistent_forced(&self, class: Class) {
+        self.0
+            .persistent_forced
+            .with_label_values(&[class.as_str()])
+            .inc();
+    }
+
+    /// A persistent connection of `class` was dropped for falling behind.
+    pub(crate) fn persistent_dropped(&self, class: Class) {
+        self.0
+            .persistent_dropped
+            .with_label_values(&[class.as_str()])
+            .inc();
+    }
+
     /// A shutdown phase began.
     pub fn phase_started(&self, phase: &str) {
         self.0.phase_started.with_label_values(&[phase]).inc();
@@ -222,6 +289,11 @@ mod tests {
             "shutdown_phase_duration_seconds{phase=\"drain\"} 0",
             "shutdown_phase_started_total{phase=\"close_database\"} 0",
             "shutdown_phase_failed_total{phase=\"drain\"} 0",
+            "drainer_persistent_connections{class=\"websocket\"} 0",
+            "drainer_persistent_connections{class=\"sse\"} 0",
+            "drainer_persistent_connections{class=\"long_poll\"} 0",
+            "drainer_persistent_forced_total{class=\"websocket\"} 0",
+            "drainer_persistent_dropped_total{class=\"sse\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

@@ -1,6 +1,7 @@
 //! What a transport (the HTTP server, the stdin node, an adopter's own) gets
 //! from the engine, and how the Supervisor reaches it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Addr, Message, Recipient};
@@ -9,6 +10,7 @@ use tokio::sync::watch;
 use crate::census::Census;
 use crate::drain::{Admission, DrainCoordinator, DrainState};
 use crate::metrics::Metrics;
+use crate::persistent::{Farewell, PersistentSettings, Tally};
 use crate::supervisor::Supervisor;
 
 /// What a transport needs from the engine.
@@ -27,6 +29,12 @@ pub struct Core {
     /// How long, after a cut, work past its safe point may still run.
     pub linger: Duration,
     pub(crate) supervisor: Addr<Supervisor>,
+    /// What persistent connections are told (the goodbye).
+    pub farewell: watch::Receiver<Farewell>,
+    /// How the persistent connections open at the goodbye ended.
+    pub tally: Arc<Tally>,
+    /// The persistent connections' settings.
+    pub persistent: PersistentSettings,
 }
 
 impl Core {

@@ -5,10 +5,12 @@
 //! | route | answer |
 //! |---|---|
 //! | `POST /work` | 201 `{"id","name"}` after the row is committed |
+//! | `GET /ws`, `/events`, `/poll` | the live endpoints (see [`live`]) |
 //! | `GET /health`, `/livez`, `/healthz`, `/readyz` | the engine's probes; `/readyz` also pings the database (`database_unavailable`) |
 //! | anything else | 404 / 405 with `{"error": …}` |
 
 pub mod error;
+pub mod live;
 pub mod work;
 
 use std::time::Duration;
@@ -20,6 +22,7 @@ use drainer_engine::{Census, EngineError, Metrics};
 use prometheus::{IntCounterVec, Opts};
 
 use crate::jobs::db::DbActor;
+use crate::jobs::feed::Feed;
 use error::{ApiError, MAX_BODY};
 
 /// Every value of `drainer_requests_total{outcome}`.
@@ -76,6 +79,8 @@ impl Outcomes {
 pub struct Jobs {
     /// Where jobs are written.
     pub db: Addr<DbActor>,
+    /// Where committed jobs are announced, and streams and polls subscribe.
+    pub feed: Addr<Feed>,
     /// The outcome counter.
     pub outcomes: Outcomes,
     /// The engine's leak check, for the RequestActors.
@@ -97,6 +102,9 @@ pub fn app(jobs: Jobs) -> App<impl AppService> {
                 .route(web::post().to(work::post_work))
                 .default_service(web::to(method_not_allowed)),
         )
+        .route("/ws", web::get().to(live::websocket))
+        .route("/events", web::get().to(live::events))
+        .route("/poll", web::get().to(live::poll))
         .default_service(web::to(not_found))
 }
 

@@ -82,6 +82,7 @@ async fn post(work: Work, body: web::Json<Value>, jobs: &Jobs) -> Result<HttpRes
     let deadline = tokio::time::Instant::now() + jobs.request_timeout;
     let job = NewJob::try_from(body.into_inner())?;
     let stored = RequestActor::new(work, jobs.db.clone(), jobs.census.clone())
+        .announcing_to(jobs.feed.clone().recipient())
         .start()
         .send(Process {
             name: job.name,

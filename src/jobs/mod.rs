@@ -24,6 +24,7 @@
 //! hook); `close_database` waits for it first.
 
 pub mod db;
+pub mod feed;
 pub mod heartbeat;
 pub mod request;
 

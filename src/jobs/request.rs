@@ -19,11 +19,14 @@
 use std::future::pending;
 use std::time::Duration;
 
-use actix::{Actor, ActorContext, ActorFutureExt, Addr, Context, Handler, Message, WrapFuture};
+use actix::{
+    Actor, ActorContext, ActorFutureExt, Addr, Context, Handler, Message, Recipient, WrapFuture,
+};
 use drainer_engine::{CancelReason, Census, Work};
 use tokio::time::Instant;
 
 use super::db::{CallOff, CancelWrite, DbActor, DbError, InsertJob, Job, WithdrawJob};
+use super::feed::Committed;
 
 /// Why a unit of work did not produce a job.
 #[derive(Debug, thiserror::Error)]
@@ -131,12 +134,25 @@ pub struct RequestActor {
     /// Where the job is written.
     db: Addr<DbActor>,
     census: Census,
+    /// Told of the job once it is committed (the HTTP service's feed).
+    announce: Option<Recipient<Committed>>,
 }
 
 impl RequestActor {
     /// An actor that will do one unit of work for the admitted request `work`.
     pub fn new(work: Work, db: Addr<DbActor>, census: Census) -> Self {
-        RequestActor { work, db, census }
+        RequestActor {
+            work,
+            db,
+            census,
+            announce: None,
+        }
+    }
+
+    /// Announces the job to `feed` once it is committed.
+    pub fn announcing_to(mut self, feed: Recipient<Committed>) -> Self {
+        self.announce = Some(feed);
+        self
     }
 }
 
@@ -159,6 +175,7 @@ impl Handler<Process> for RequestActor {
     fn handle(&mut self, msg: Process, _: &mut Context<Self>) -> Self::Result {
         let work = self.work.clone();
         let db = self.db.clone();
+        let announce = self.announce.clone();
         let job = async move {
             let (deadline, declines) = (msg.deadline, msg.declines_on_drain);
             if !msg.latency.is_zero() {
@@ -220,6 +237,10 @@ impl Handler<Process> for RequestActor {
                 }
                 Err(e) => return Err(WorkError::Db(e)),
             };
+            // Committed: the feed hears of it now, never before.
+            if let Some(feed) = &announce {
+                feed.do_send(Committed(job.clone()));
+            }
             work.mark_answered();
             Ok(job)
         };

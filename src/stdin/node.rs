@@ -182,6 +182,10 @@ pub struct StdinNode {
     out: std::io::BufWriter<std::io::Stdout>,
     /// Whether stdout has failed (then replies are dropped, once logged).
     out_broken: bool,
+    /// Set when the Supervisor closes the "listener": from then on new
+    /// requests are refused (stdin is one connection whose requests all
+    /// count; the engine would otherwise admit them until the count is 0).
+    refusing: bool,
 }
 
 impl StdinNode {
@@ -199,6 +203,7 @@ impl StdinNode {
             clock: None,
             out: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
             out_broken: false,
+            refusing: false,
         }
     }
 
@@ -319,7 +324,7 @@ impl StdinNode {
             Request::TcpRequest { latency_ms: 0 } => {
                 // Never counted in flight: answered before the next line.
                 let me = self.me(&dest);
-                let body = if self.core.state.borrow().admitting() {
+                let body = if !self.refusing && self.core.state.borrow().admitting() {
                     ReplyBody::TcpRequestOk { duration_ms: 0 }
                 } else {
                     ReplyBody::TcpRequestError {
@@ -331,8 +336,12 @@ impl StdinNode {
             Request::TcpRequest { latency_ms } => {
                 self.busy = true;
                 // Admission is an atomic step; `wait` keeps the lines in order.
-                let admit =
-                    std::future::ready(Ok::<_, actix::MailboxError>(self.core.admission.admit()));
+                let admitted = if self.refusing {
+                    Err(drainer_engine::NotAdmitted)
+                } else {
+                    self.core.admission.admit()
+                };
+                let admit = std::future::ready(Ok::<_, actix::MailboxError>(admitted));
                 ctx.wait(admit.into_actor(self).map(move |admitted, act, ctx| {
                     act.busy = false;
                     match admitted {
@@ -381,6 +390,9 @@ impl StdinNode {
                     .into_actor(self)
                     .map(move |(in_flight, snapshot), act, ctx| {
                         act.busy = false;
+                        // The drain has begun for this node: new requests
+                        // are refused from the next line on.
+                        act.refusing = true;
                         let status = match (first, snapshot) {
                             (true, _) | (false, None) => "draining",
                             (false, Some(s)) => act.status(&s).0,
@@ -562,8 +574,10 @@ impl StreamHandler<DrainState> for StdinNode {
 impl Handler<CloseListener> for StdinNode {
     type Result = usize;
 
-    /// There is no listener: stdin is read until it ends.
+    /// There is no listener: stdin is read until it ends, and new requests
+    /// are refused from now on.
     fn handle(&mut self, _: CloseListener, _: &mut Context<Self>) -> usize {
+        self.refusing = true;
         0
     }
 }

@@ -8,6 +8,7 @@ mod faults;
 mod hostile;
 mod lifecycle;
 mod operations;
+mod persistent;
 mod shutdown;
 mod startup;
 mod stdin;

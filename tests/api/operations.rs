@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 /// Every phase, in the order they run, with an admin listener and a database.
-const PHASES: [&str; 7] = [
+const PHASES: [&str; 8] = [
     "delay",
     "stop_accepting",
     "drain",
+    "close_persistent",
     "stop_admin",
     "stop_background",
     "flush_telemetry",
@@ -303,9 +304,11 @@ fn phases_run_in_lifo_order_and_a_stalled_phase_is_cut_at_its_deadline() {
     assert_eq!(
         report_line(&log),
         "trigger SIGTERM; phases: delay N ms ok, stop_accepting N ms ok, drain N ms ok, \
-         stop_admin N ms overran its N ms deadline, stop_background N ms ok, \
-         flush_telemetry N ms ok, close_database N ms ok; completed during the drain: N; \
-         cut short: N (of N in flight at the cut); exit code N"
+         close_persistent N ms ok, stop_admin N ms overran its N ms deadline, \
+         stop_background N ms ok, flush_telemetry N ms ok, close_database N ms ok; \
+         persistent: websocket N clean N forced, sse N clean N forced, long_poll N clean N \
+         forced; completed during the drain: N; cut short: N (of N in flight at the cut); \
+         exit code N"
     );
     // The phases after the stalled one still ran: the records and the pool.
     assert_eq!(
@@ -313,7 +316,7 @@ fn phases_run_in_lifo_order_and_a_stalled_phase_is_cut_at_its_deadline() {
         Some("stopped".into())
     );
     let phases = db.value(
-        "SELECT details->'phases'->3->>'outcome' FROM drainevent \
+        "SELECT details->'phases'->4->>'outcome' FROM drainevent \
          WHERE event_type = 'drain_complete'",
     );
     assert_eq!(phases, Some("overran its 300 ms deadline".into()));
@@ -326,7 +329,8 @@ fn phases_run_in_lifo_order_and_a_stalled_phase_is_cut_at_its_deadline() {
 #[test]
 fn a_prestop_held_past_the_budget_still_closes_records_and_exits() {
     let db = TestDb::create();
-    // 200 delay + 100 + (100 + 2 × 1000 + 500) drain + 3 × 100 + 1000 reserve.
+    // 200 delay + 100 + (100 + 2 × 1000 + 500) drain + (0 + 100) close_persistent
+    // + 3 × 100 + 1000 reserve.
     let mut server = Server::start(
         &db,
         &[
@@ -334,7 +338,8 @@ fn a_prestop_held_past_the_budget_still_closes_records_and_exits() {
             ("SHUTDOWN_DELAY_MS", "200"),
             ("DRAIN_TIMEOUT_MS", "100"),
             ("SHUTDOWN_PHASE_TIMEOUT_MS", "100"),
-            ("SHUTDOWN_TIMEOUT_MS", "4200"),
+            ("WS_CLOSE_TIMEOUT_MS", "0"),
+            ("SHUTDOWN_TIMEOUT_MS", "4300"),
         ],
     );
     let admin = server.admin_port();
@@ -385,8 +390,8 @@ fn a_budget_that_cannot_hold_the_phases_is_refused_at_start_up() {
     assert_eq!(
         server.log().trim_end(),
         "drainer: invalid configuration: SHUTDOWN_TIMEOUT_MS is 10000 ms but the shutdown \
-         phases need 38000 ms (the delay, the drain timeout, every other phase's deadline \
-         and the 1000 ms reserve): the budget is 28000 ms short"
+         phases need 43100 ms (the delay, the drain timeout, every other phase's deadline \
+         and the 1000 ms reserve): the budget is 33100 ms short"
     );
     assert_eq!(
         db.count("SELECT count(*)::text FROM pg_tables WHERE tablename = 'serverinstance'"),
@@ -684,8 +689,10 @@ fn the_report_is_logged_once_and_written_to_drain_complete() {
     assert_eq!(
         report_line(&log),
         "trigger SIGTERM; phases: delay N ms ok, stop_accepting N ms ok, drain N ms ok, \
-         stop_background N ms ok, flush_telemetry N ms ok, close_database N ms ok; \
-         completed during the drain: N; cut short: N (of N in flight at the cut); exit code N"
+         close_persistent N ms ok, stop_background N ms ok, flush_telemetry N ms ok, \
+         close_database N ms ok; persistent: websocket N clean N forced, sse N clean N forced, \
+         long_poll N clean N forced; completed during the drain: N; cut short: N (of N in \
+         flight at the cut); exit code N"
     );
     assert!(log.contains(
         "completed during the drain: 1; cut short: 0 (of 0 in flight at the cut); exit code 0"
@@ -705,7 +712,7 @@ fn the_report_is_logged_once_and_written_to_drain_complete() {
             Some("0".into()),
             Some("0".into()),
             Some(
-                "delay:ok,stop_accepting:ok,drain:ok,stop_background:ok,flush_telemetry:ok".into()
+                "delay:ok,stop_accepting:ok,drain:ok,close_persistent:ok,stop_background:ok,flush_telemetry:ok".into()
             ),
         ]]
     );

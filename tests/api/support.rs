@@ -576,6 +576,13 @@ impl Client {
         stream.flush()
     }
 
+    /// Sends bytes as they are (a hand-made request).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let stream = self.stream.get_mut();
+        stream.write_all(bytes)?;
+        stream.flush()
+    }
+
     /// Reads one response (Content-Length framed).
     pub fn read(&mut self) -> io::Result<Response> {
         let mut status_line = String::new();

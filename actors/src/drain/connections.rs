@@ -36,6 +36,21 @@ pub enum Close {
     Now,
 }
 
+/// What a connection is carrying, as far as the drain is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnKind {
+    /// Request/response exchanges: it may carry another request, so the
+    /// drain waits for it (an idle one is closed after the grace).
+    Exchange,
+    /// Its last answer carries `Connection: close`: it carries no other
+    /// request and closes once that answer is written.
+    Closing,
+    /// A persistent connection (a WebSocket, an SSE stream): it carries no
+    /// other request; its goodbye comes as the listener closes and the
+    /// `close_persistent` phase waits for it.
+    Persistent(crate::persistent::Class),
+}
+
 /// Sent by [`ConnGuard::register`]: a connection was accepted.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -49,6 +64,16 @@ pub(crate) struct ConnectionOpened {
 #[rtype(result = "()")]
 pub(crate) struct ConnectionClosed {
     pub(crate) id: ConnId,
+}
+
+/// Sent when a connection changes [`ConnKind`] (it starts with `Exchange`).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ConnectionChanged {
+    /// Which connection.
+    pub id: ConnId,
+    /// What it carries now.
+    pub kind: ConnKind,
 }
 
 /// Held by a transport for as long as one connection lives.

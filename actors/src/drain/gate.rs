@@ -7,8 +7,9 @@
 //! - admitting is a compare-and-swap that adds one unless `CLOSED` is set;
 //! - closing sets `CLOSED` and reads the count in the same atomic step, so
 //!   once the coordinator has seen zero, nothing can be admitted again;
-//! - dropping a permit subtracts one; the permit that takes a closed gate to
-//!   zero tells the coordinator (one message per drain, not per request).
+//! - dropping a permit subtracts one; the permit that takes a closed or
+//!   watched gate to zero tells the coordinator (a message only while a drain
+//!   waits for zero, never per request while serving).
 //!
 //! The counters a drain reports (answered during the drain, cancelled after
 //! the cut) are atomics beside the word, written before the count goes down.
@@ -24,6 +25,11 @@ use tokio::sync::{mpsc, watch};
 use super::state::{CancelReason, DrainState, NotAdmitted};
 
 const CLOSED: u64 = 1 << 63;
+/// Set once the listener is closing: the coordinator wants to hear of every
+/// return to zero (the gate stays open for requests on open connections).
+const WATCHED: u64 = 1 << 62;
+/// The count's bits.
+const COUNT: u64 = !(CLOSED | WATCHED);
 
 /// No cut yet, in [`Gate::cut`].
 const NO_CUT: u8 = 0;
@@ -69,13 +75,20 @@ impl Gate {
 
     /// Requests in flight now.
     pub(crate) fn in_flight(&self) -> usize {
-        usize::try_from(self.word.load(Ordering::Acquire) & !CLOSED).unwrap_or(usize::MAX)
+        usize::try_from(self.word.load(Ordering::Acquire) & COUNT).unwrap_or(usize::MAX)
+    }
+
+    /// From now on every return to zero is told; answers how many are in
+    /// flight (read in the same atomic step).
+    pub(crate) fn watch(&self) -> usize {
+        let before = self.word.fetch_or(WATCHED, Ordering::AcqRel);
+        usize::try_from(before & COUNT).unwrap_or(usize::MAX)
     }
 
     /// Stops admission (once and for all); answers how many are in flight.
     pub(crate) fn close(&self) -> usize {
         let before = self.word.fetch_or(CLOSED, Ordering::AcqRel);
-        usize::try_from(before & !CLOSED).unwrap_or(usize::MAX)
+        usize::try_from(before & COUNT).unwrap_or(usize::MAX)
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -141,7 +154,7 @@ impl Admission {
         }
         if log::log_enabled!(log::Level::Debug) {
             let id = gate.admitted.fetch_add(1, Ordering::Relaxed) + 1;
-            let in_flight = (word & !CLOSED) + 1;
+            let in_flight = (word & COUNT) + 1;
             log::debug!("admitted request {id}; {in_flight} in flight");
         }
         Ok(Permit {
@@ -263,7 +276,7 @@ impl Drop for Permit {
             gate.completed_in_drain.fetch_add(1, Ordering::AcqRel);
         }
         let before = gate.word.fetch_sub(1, Ordering::AcqRel);
-        if before == CLOSED | 1 {
+        if before & COUNT == 1 && before & (CLOSED | WATCHED) != 0 {
             let _ = gate.emptied.send(());
         }
     }

@@ -10,12 +10,20 @@
 //!
 //! The drain itself is a sequence of messages from the Supervisor:
 //! [`BeginDrain`] (probes turn 503, requests still admitted during the
-//! shutdown delay), [`StopAdmitting`] (the gate closes, the deadline timer
-//! starts), [`ListenerClosed`] (idle connections are closed after a short
-//! grace) and, when a person insists, [`CutDrain`]. The coordinator answers
-//! with two [`DrainReport`]s: `WorkDone` the moment the count reaches zero or
-//! the drain is cut, and `Quiet` once the connections that carried the
-//! answers have closed.
+//! shutdown delay), [`ArmDeadline`] (the deadline timer starts, the listener
+//! is about to close), [`ListenerClosed`] (persistent connections are told
+//! goodbye, idle connections are closed after a short grace),
+//! [`ClosePersistent`] (the persistent connections left are closed) and,
+//! when a person insists, [`CutDrain`].
+//!
+//! Requests on connections already open are admitted until no connection
+//! that could carry one is open (each is answered with `Connection: close`,
+//! so each carries at most one more); only then, or at the deadline or a
+//! cut, does the gate close. The coordinator answers with three
+//! [`DrainReport`]s: `WorkDone` the moment the count is zero with no such
+//! connection left, or the drain is cut; `Quiet` once the connections that
+//! carried the answers have closed; `Settled` once the persistent ones have
+//! too.
 
 mod connections;
 mod gate;
@@ -35,7 +43,8 @@ use tokio::sync::{mpsc, watch};
 use crate::census::Census;
 use crate::lifecycle::StopActor;
 use crate::metrics::Metrics;
-pub use connections::{Close, ConnGuard, ConnId, ConnIds};
+use crate::persistent::Farewell;
+pub use connections::{Close, ConnGuard, ConnId, ConnIds, ConnKind, ConnectionChanged};
 use connections::{ConnectionClosed, ConnectionOpened};
 use gate::Gate;
 pub use gate::{Admission, Permit};
@@ -62,8 +71,11 @@ pub struct WorkDone {
 pub enum DrainReport {
     /// The in-flight work is over: its count reached zero, or the drain was cut.
     WorkDone(WorkDone),
-    /// The work is over, the listener is closed and every connection is gone.
+    /// The work is over, the listener is closed and every connection but
+    /// the persistent ones is gone.
     Quiet,
+    /// Quiet, and the persistent connections are gone too.
+    Settled,
 }
 
 // ----------------------------------------------------------------------------
@@ -71,16 +83,17 @@ pub enum DrainReport {
 // ----------------------------------------------------------------------------
 
 /// Begins the drain: probes turn 503; work is still admitted until
-/// [`StopAdmitting`]. Answers the number of requests in flight. Idempotent.
+/// [`ArmDeadline`]. Answers the number of requests in flight. Idempotent.
 #[derive(Debug, Message)]
 #[rtype(result = "usize")]
 pub struct BeginDrain;
 
-/// Stops admitting work and starts the drain deadline. Answers the number
-/// of requests in flight once admission stopped.
+/// Starts the drain deadline: the listener is about to close. From now on
+/// admission ends as soon as no connection that could carry a request is
+/// left (or at the deadline). Answers the number of requests in flight.
 #[derive(Debug, Message)]
 #[rtype(result = "usize")]
-pub struct StopAdmitting {
+pub struct ArmDeadline {
     /// How long in-flight work may still run before it is cancelled.
     pub drain_timeout: Duration,
 }
@@ -92,6 +105,12 @@ pub struct ListenerClosed {
     /// Connections are asked to close if idle after this grace.
     pub idle_grace: Duration,
 }
+
+/// Closes the persistent connections still open (`close_persistent`'s end):
+/// they are told [`Farewell::Forced`] and their connections closed now.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ClosePersistent;
 
 /// Cuts the drain: every request in flight is cancelled now.
 #[derive(Debug, Message)]
@@ -113,8 +132,10 @@ pub struct Snapshot {
     pub state: DrainState,
     /// Requests in flight.
     pub in_flight: usize,
-    /// Connections open.
+    /// Connections open (persistent ones included).
     pub connections: usize,
+    /// Of those, the persistent ones.
+    pub persistent: usize,
     /// Requests that finished with their real result since the drain began
     /// (see [`Permit::mark_answered`]).
     pub completed_in_drain: usize,
@@ -141,8 +162,12 @@ enum State {
 struct Drain {
     /// When the drain began (for the log).
     since: Instant,
-    /// True during the shutdown delay: work is still admitted.
+    /// True while the gate is open: during the shutdown delay, and after it
+    /// for requests on connections already open.
     admitting: bool,
+    /// The deadline is armed: the drain may end (once no connection could
+    /// carry another request).
+    ending: bool,
     /// The drain deadline, armed when admission stops.
     deadline: Option<SpawnHandle>,
     /// Set once the drain has been cut short.
@@ -158,6 +183,13 @@ struct Cut {
     give_up: SpawnHandle,
 }
 
+/// One open connection, as the coordinator knows it.
+#[derive(Debug)]
+struct Conn {
+    close: mpsc::UnboundedSender<Close>,
+    kind: ConnKind,
+}
+
 /// See the module documentation.
 pub struct DrainCoordinator {
     state: State,
@@ -165,12 +197,16 @@ pub struct DrainCoordinator {
     gate: Arc<Gate>,
     /// Taken by `started`: where the gate says it emptied.
     emptied: Option<mpsc::UnboundedReceiver<()>>,
-    /// The open connections, and how to ask each to close.
-    connections: HashMap<ConnId, mpsc::UnboundedSender<Close>>,
+    /// The open connections, what each carries, and how to ask each to close.
+    connections: HashMap<ConnId, Conn>,
     /// Whether the transport has closed its listener.
     listener_closed: bool,
     /// Whether `Quiet` has been reported (it is reported once).
     quiet: bool,
+    /// Whether `Settled` has been reported (once).
+    settled: bool,
+    /// What persistent connections are told.
+    farewell: watch::Sender<Farewell>,
     /// Set by a cut: idle connections are closed without the grace.
     hurry: bool,
     /// How long, after the work is done, connections may take to close before
@@ -197,6 +233,7 @@ impl DrainCoordinator {
         metrics: Option<Metrics>,
     ) -> Self {
         let (published, state) = watch::channel(DrainState::Active);
+        let (farewell, _) = watch::channel(Farewell::Serving);
         let (emptied_tx, emptied) = mpsc::unbounded_channel();
         let gate = Gate::new(state, emptied_tx, linger);
         if let Some(m) = &metrics {
@@ -211,6 +248,8 @@ impl DrainCoordinator {
             connections: HashMap::new(),
             listener_closed: false,
             quiet: false,
+            settled: false,
+            farewell,
             hurry: false,
             linger,
             linger_timer: None,
@@ -230,6 +269,44 @@ impl DrainCoordinator {
     /// A receiver of the published state; take it before starting the actor.
     pub fn subscribe(&self) -> watch::Receiver<DrainState> {
         self.published.subscribe()
+    }
+
+    /// A receiver of what persistent connections are told; take it before
+    /// starting the actor.
+    pub fn farewell(&self) -> watch::Receiver<Farewell> {
+        self.farewell.subscribe()
+    }
+
+    /// Connections that could still carry a request.
+    fn exchanges_open(&self) -> usize {
+        self.connections
+            .values()
+            .filter(|c| c.kind == ConnKind::Exchange)
+            .count()
+    }
+
+    /// Persistent connections open.
+    fn persistent_open(&self) -> usize {
+        self.connections
+            .values()
+            .filter(|c| matches!(c.kind, ConnKind::Persistent(_)))
+            .count()
+    }
+
+    /// Tells the persistent connections `to` (a goodbye is said once; a
+    /// force overrides it).
+    fn bid_farewell(&self, to: Farewell) {
+        self.farewell.send_if_modified(|now| {
+            let change = match to {
+                Farewell::Serving => false,
+                Farewell::Goodbye => *now == Farewell::Serving,
+                Farewell::Forced => *now != Farewell::Forced,
+            };
+            if change {
+                *now = to;
+            }
+            change
+        });
     }
 
     /// Where requests are admitted; take it before starting the actor.
@@ -268,6 +345,7 @@ impl DrainCoordinator {
             self.state = State::Draining(Drain {
                 since: Instant::now(),
                 admitting: true,
+                ending: false,
                 deadline: None,
                 cut: None,
             });
@@ -275,16 +353,14 @@ impl DrainCoordinator {
         }
     }
 
-    /// Stops admission and arms the deadline (once). Answers the number in
-    /// flight when admission stopped (now, when it had stopped before).
-    fn stop_admitting(&mut self, drain_timeout: Duration, ctx: &mut Context<Self>) -> usize {
+    /// Arms the deadline (once): from now on the drain may end. Answers the
+    /// number in flight.
+    fn arm_deadline(&mut self, drain_timeout: Duration, ctx: &mut Context<Self>) -> usize {
         self.begin();
-        let mut closed_on = None;
+        let in_flight = self.gate.watch();
         if let State::Draining(d) = &mut self.state {
-            if d.admitting {
-                d.admitting = false;
-                let in_flight = self.gate.close();
-                closed_on = Some(in_flight);
+            if !d.ending {
+                d.ending = true;
                 // A zero timeout cuts right here, before anyone is answered,
                 // so the cut is visible to whoever asked for the drain.
                 if !drain_timeout.is_zero() {
@@ -293,10 +369,9 @@ impl DrainCoordinator {
                     }));
                 }
                 info!(
-                    "no longer admitting; {in_flight} in flight, deadline in {} ms",
+                    "drain deadline in {} ms; {in_flight} in flight",
                     drain_timeout.as_millis()
                 );
-                self.publish();
                 if drain_timeout.is_zero() {
                     self.cut(CancelReason::DrainTimeout, ctx);
                     return in_flight;
@@ -304,7 +379,7 @@ impl DrainCoordinator {
             }
         }
         self.check_work_done(ctx);
-        closed_on.unwrap_or_else(|| self.gate.in_flight())
+        in_flight
     }
 
     /// Cancels every request in flight (once). With nothing in flight there
@@ -312,6 +387,9 @@ impl DrainCoordinator {
     fn cut(&mut self, reason: CancelReason, ctx: &mut Context<Self>) {
         if let State::Stopped(_) = self.state {
             // The work is over; only connections remain: close them now.
+            if reason == CancelReason::ShutdownForced {
+                self.bid_farewell(Farewell::Forced);
+            }
             if !self.quiet {
                 info!("cut short while connections close: closing them now");
                 self.force_quiet(ctx);
@@ -319,12 +397,18 @@ impl DrainCoordinator {
             return;
         }
         self.begin();
+        if reason == CancelReason::ShutdownForced {
+            // No goodbye is waited for: persistent connections say theirs
+            // and close now (`close_persistent` closes what is left).
+            self.bid_farewell(Farewell::Forced);
+        }
         let remaining = self.gate.close();
         // Whatever the work, a cut means no grace for idle connections.
         self.hurry = true;
         if remaining == 0 {
             if let State::Draining(d) = &mut self.state {
                 d.admitting = false;
+                d.ending = true;
             }
             self.publish();
             if self.listener_closed {
@@ -338,6 +422,7 @@ impl DrainCoordinator {
                 return;
             }
             d.admitting = false;
+            d.ending = true;
             if let Some(deadline) = d.deadline.take() {
                 ctx.cancel_future(deadline);
             }
@@ -378,14 +463,37 @@ impl DrainCoordinator {
         }
     }
 
-    /// Draining with admission stopped and nothing in flight → Stopped.
+    /// Draining with the deadline armed, nothing in flight and no connection
+    /// that could carry another request (or a cut) → Stopped. Admission ends
+    /// on the way: closing the gate reads the count in the same step.
     fn check_work_done(&mut self, ctx: &mut Context<Self>) {
-        let outcome = match &self.state {
-            State::Draining(d) if !d.admitting && self.gate.in_flight() == 0 => match &d.cut {
-                None => Outcome::Drained,
-                Some(cut) => self.cut_outcome(cut),
-            },
+        let (ending, admitting) = match &self.state {
+            State::Draining(d) => (d.ending, d.admitting),
             _ => return,
+        };
+        if !ending {
+            return;
+        }
+        if admitting {
+            if !self.listener_closed || self.exchanges_open() > 0 || self.gate.in_flight() > 0 {
+                return;
+            }
+            if let State::Draining(d) = &mut self.state {
+                d.admitting = false;
+            }
+            let in_flight = self.gate.close();
+            info!("no connection can carry another request: admission ended");
+            self.publish();
+            if in_flight > 0 {
+                return;
+            }
+        }
+        if self.gate.in_flight() > 0 {
+            return;
+        }
+        let outcome = match &self.state {
+            State::Draining(Drain { cut: Some(cut), .. }) => self.cut_outcome(cut),
+            _ => Outcome::Drained,
         };
         self.finish(outcome, ctx);
     }
@@ -417,19 +525,21 @@ impl DrainCoordinator {
     }
 
     /// Past the hard deadline: close whatever is still open and report.
+    /// (The persistent connections are `close_persistent`'s.)
     fn force_quiet(&mut self, ctx: &mut Context<Self>) {
         self.linger_timer = None;
-        if !self.connections.is_empty() {
-            info!(
-                "closing {} connection(s) still open past the deadline",
-                self.connections.len()
-            );
+        let mut forced = 0;
+        for conn in self.connections.values() {
+            if !matches!(conn.kind, ConnKind::Persistent(_)) {
+                let _ = conn.close.send(Close::Now);
+                forced += 1;
+            }
         }
-        for close in self.connections.values() {
-            let _ = close.send(Close::Now);
+        if forced > 0 {
+            info!("closing {forced} connection(s) still open past the deadline");
         }
         if let Some(m) = &self.metrics {
-            m.force_closed(self.connections.len());
+            m.force_closed(forced);
         }
         self.listener_closed = true;
         self.report_quiet(ctx);
@@ -438,9 +548,31 @@ impl DrainCoordinator {
     fn check_quiet(&mut self, ctx: &mut Context<Self>) {
         if matches!(self.state, State::Stopped(_))
             && self.listener_closed
-            && self.connections.is_empty()
+            && self.connections.len() == self.persistent_open()
         {
             self.report_quiet(ctx);
+        }
+    }
+
+    /// Quiet and no persistent connection left: `Settled` (once).
+    fn check_settled(&mut self) {
+        if self.quiet && !self.settled && self.persistent_open() == 0 {
+            self.settled = true;
+            self.report_to.do_send(DrainReport::Settled);
+        }
+    }
+
+    /// Closes every persistent connection now.
+    fn close_persistent(&mut self) {
+        let mut closed = 0;
+        for conn in self.connections.values() {
+            if matches!(conn.kind, ConnKind::Persistent(_)) {
+                let _ = conn.close.send(Close::Now);
+                closed += 1;
+            }
+        }
+        if closed > 0 {
+            info!("closing {closed} persistent connection(s) now");
         }
     }
 
@@ -452,19 +584,22 @@ impl DrainCoordinator {
             self.quiet = true;
             self.report_to.do_send(DrainReport::Quiet);
         }
+        self.check_settled();
     }
 
     /// Asks every connection to close if idle: a connection whose request
     /// still awaits its response keeps serving it, and closes after it.
+    /// (A persistent connection is never idle: it has had its goodbye.)
     fn close_idle(&mut self) {
-        for close in self.connections.values() {
-            let _ = close.send(Close::IfIdle);
+        let mut asked = 0;
+        for conn in self.connections.values() {
+            if !matches!(conn.kind, ConnKind::Persistent(_)) {
+                let _ = conn.close.send(Close::IfIdle);
+                asked += 1;
+            }
         }
-        if !self.connections.is_empty() {
-            info!(
-                "asking {} connection(s) to close once idle",
-                self.connections.len()
-            );
+        if asked > 0 {
+            info!("asking {asked} connection(s) to close once idle");
         }
     }
 }
@@ -509,7 +644,48 @@ impl Handler<ConnectionOpened> for DrainCoordinator {
 
     /// Remembers a connection (and how to close it).
     fn handle(&mut self, msg: ConnectionOpened, _: &mut Context<Self>) {
-        self.connections.insert(msg.id, msg.close);
+        self.connections.insert(
+            msg.id,
+            Conn {
+                close: msg.close,
+                kind: ConnKind::Exchange,
+            },
+        );
+    }
+}
+
+impl Handler<ConnectionChanged> for DrainCoordinator {
+    type Result = ();
+
+    /// A connection now carries something else: a persistent one no longer
+    /// holds the drain; a closing one carries no other request.
+    fn handle(&mut self, msg: ConnectionChanged, ctx: &mut Context<Self>) {
+        let Some(conn) = self.connections.get_mut(&msg.id) else {
+            return;
+        };
+        if matches!(conn.kind, ConnKind::Persistent(_)) {
+            // Persistent for good.
+            return;
+        }
+        conn.kind = msg.kind;
+        if matches!(msg.kind, ConnKind::Persistent(_))
+            && *self.farewell.borrow() == Farewell::Forced
+        {
+            let _ = conn.close.send(Close::Now);
+        }
+        self.check_work_done(ctx);
+        self.check_quiet(ctx);
+    }
+}
+
+impl Handler<ClosePersistent> for DrainCoordinator {
+    type Result = ();
+
+    /// `close_persistent` is over: whatever persistent connection is left is closed.
+    fn handle(&mut self, _: ClosePersistent, _: &mut Context<Self>) {
+        self.bid_farewell(Farewell::Forced);
+        self.close_persistent();
+        self.check_settled();
     }
 }
 
@@ -519,7 +695,9 @@ impl Handler<ConnectionClosed> for DrainCoordinator {
     /// Forgets a connection; the last one may make the service quiet.
     fn handle(&mut self, msg: ConnectionClosed, ctx: &mut Context<Self>) {
         self.connections.remove(&msg.id);
+        self.check_work_done(ctx);
         self.check_quiet(ctx);
+        self.check_settled();
     }
 }
 
@@ -533,30 +711,33 @@ impl Handler<BeginDrain> for DrainCoordinator {
     }
 }
 
-impl Handler<StopAdmitting> for DrainCoordinator {
+impl Handler<ArmDeadline> for DrainCoordinator {
     type Result = usize;
 
-    /// Ends admission and arms the deadline; answers the count it closed on.
-    fn handle(&mut self, msg: StopAdmitting, ctx: &mut Context<Self>) -> usize {
-        self.stop_admitting(msg.drain_timeout, ctx)
+    /// Arms the deadline; answers the count in flight.
+    fn handle(&mut self, msg: ArmDeadline, ctx: &mut Context<Self>) -> usize {
+        self.arm_deadline(msg.drain_timeout, ctx)
     }
 }
 
 impl Handler<ListenerClosed> for DrainCoordinator {
     type Result = ();
 
-    /// Arms the idle-connection grace.
+    /// Says goodbye to the persistent connections and arms the
+    /// idle-connection grace; the drain may be over already.
     fn handle(&mut self, msg: ListenerClosed, ctx: &mut Context<Self>) {
         if self.listener_closed {
             return;
         }
         self.listener_closed = true;
+        self.bid_farewell(Farewell::Goodbye);
         if self.hurry {
             // Cut short: no grace for idle connections.
             self.close_idle();
         } else {
             ctx.run_later(msg.idle_grace, |act, _| act.close_idle());
         }
+        self.check_work_done(ctx);
         self.check_quiet(ctx);
     }
 }
@@ -590,6 +771,7 @@ impl Handler<GetSnapshot> for DrainCoordinator {
             state: self.current(),
             in_flight: self.gate.in_flight(),
             connections: self.connections.len(),
+            persistent: self.persistent_open(),
             completed_in_drain: self.gate.completed_in_drain(),
             outcome: match self.state {
                 State::Stopped(outcome) => Some(outcome),
@@ -624,6 +806,7 @@ mod tests {
         admission: Admission,
         reports: Arc<Mutex<Vec<DrainReport>>>,
         phase: watch::Receiver<DrainState>,
+        farewell: watch::Receiver<Farewell>,
         ids: std::cell::RefCell<ConnIds>,
     }
 
@@ -635,11 +818,13 @@ mod tests {
         let coordinator = DrainCoordinator::new(recorder.recipient(), LINGER, None);
         let admission = coordinator.admission();
         let phase = coordinator.subscribe();
+        let farewell = coordinator.farewell();
         Harness {
             coordinator: coordinator.start(),
             admission,
             reports,
             phase,
+            farewell,
             ids: std::cell::RefCell::new(ConnIds::default()),
         }
     }
@@ -678,15 +863,31 @@ mod tests {
                 .await
                 .expect("coordinator alive")
         }
-        async fn stop_admitting(&self, drain_timeout: Duration) -> usize {
+        async fn arm_deadline(&self, drain_timeout: Duration) -> usize {
             self.coordinator
-                .send(StopAdmitting { drain_timeout })
+                .send(ArmDeadline { drain_timeout })
                 .await
                 .expect("coordinator alive")
         }
         async fn cut(&self, reason: CancelReason) {
             self.coordinator
                 .send(CutDrain { reason })
+                .await
+                .expect("coordinator alive")
+        }
+        /// The connection `guard` now carries `kind`.
+        async fn change(&self, guard: &ConnGuard, kind: ConnKind) {
+            self.coordinator
+                .send(ConnectionChanged {
+                    id: guard.id(),
+                    kind,
+                })
+                .await
+                .expect("coordinator alive")
+        }
+        async fn close_persistent(&self) {
+            self.coordinator
+                .send(ClosePersistent)
                 .await
                 .expect("coordinator alive")
         }
@@ -714,33 +915,96 @@ mod tests {
         assert!(h.reports().is_empty());
     }
 
+    /// Admission goes on after the deadline is armed and after the listener
+    /// closed, for requests on connections already open; it ends once none
+    /// is left that could carry one.
     #[actix_rt::test]
-    async fn admits_during_delay_rejects_after() {
+    async fn admits_on_open_connections_until_none_is_left() {
         let h = start();
         assert_eq!(h.begin_drain().await, 0);
-        assert_eq!(
-            *h.phase.borrow(),
-            DrainState::Draining {
-                admitting: true,
-                cut: None
-            }
-        );
+        let open = DrainState::Draining {
+            admitting: true,
+            cut: None,
+        };
+        assert_eq!(*h.phase.borrow(), open);
         let during_delay = h.admit().await.expect("admitted during the delay");
-        h.stop_admitting(Duration::from_secs(30)).await;
-        assert_eq!(
-            *h.phase.borrow(),
-            DrainState::Draining {
-                admitting: false,
-                cut: None
-            }
-        );
-        assert_eq!(h.admit().await.unwrap_err(), NotAdmitted);
-        assert!(h.reports().is_empty(), "work still in flight");
+        let (kept_alive, _close) = h.connect();
+        h.arm_deadline(Duration::from_secs(30)).await;
+        h.listener_closed(Duration::from_secs(60)).await;
+        assert_eq!(*h.phase.borrow(), open);
+        let on_open_connection = h.admit().await.expect("a request on an open connection");
         drop(during_delay);
+        drop(on_open_connection);
         h.settle().await;
-        assert_eq!(h.reports(), vec![Harness::done(Outcome::Drained, 0)]);
+        assert!(
+            h.reports().is_empty(),
+            "a connection could carry another request"
+        );
+        h.change(&kept_alive, ConnKind::Closing).await;
+        h.settle().await;
+        assert_eq!(
+            h.reports(),
+            vec![Harness::done(Outcome::Drained, 0)],
+            "a closing connection carries no other request"
+        );
         assert_eq!(*h.phase.borrow(), DrainState::Stopped);
         assert_eq!(h.admit().await.unwrap_err(), NotAdmitted);
+        drop(kept_alive);
+        h.settle().await;
+        assert_eq!(
+            h.reports(),
+            vec![
+                Harness::done(Outcome::Drained, 0),
+                DrainReport::Quiet,
+                DrainReport::Settled
+            ]
+        );
+    }
+
+    /// Persistent connections never hold the drain: they are told goodbye as
+    /// the listener closes, `Settled` comes once they are gone, and
+    /// `ClosePersistent` closes those left.
+    #[actix_rt::test]
+    async fn persistent_connections_are_told_goodbye_and_closed_apart() {
+        let h = start();
+        let farewell = h.farewell.clone();
+        let (socket, mut socket_close) = h.connect();
+        let (stream, mut stream_close) = h.connect();
+        h.change(
+            &socket,
+            ConnKind::Persistent(crate::persistent::Class::WebSocket),
+        )
+        .await;
+        h.change(&stream, ConnKind::Persistent(crate::persistent::Class::Sse))
+            .await;
+        h.begin_drain().await;
+        h.arm_deadline(Duration::from_secs(30)).await;
+        assert_eq!(
+            *farewell.borrow(),
+            Farewell::Serving,
+            "not before the listener closes"
+        );
+        h.listener_closed(Duration::from_millis(100)).await;
+        assert_eq!(*farewell.borrow(), Farewell::Goodbye);
+        h.settle().await;
+        assert_eq!(
+            h.reports(),
+            vec![Harness::done(Outcome::Drained, 0), DrainReport::Quiet]
+        );
+        assert_eq!(h.snapshot().await.persistent, 2);
+        drop(stream);
+        h.settle().await;
+        assert!(!h.reports().contains(&DrainReport::Settled));
+        h.close_persistent().await;
+        assert_eq!(*farewell.borrow(), Farewell::Forced);
+        assert_eq!(socket_close.try_recv(), Ok(Close::Now));
+        assert!(
+            stream_close.try_recv().is_err(),
+            "the idle sweep leaves them alone"
+        );
+        drop(socket);
+        h.settle().await;
+        assert_eq!(h.reports().last(), Some(&DrainReport::Settled));
     }
 
     #[actix_rt::test]
@@ -749,18 +1013,25 @@ mod tests {
         let a = h.admit().await.unwrap();
         let b = h.admit().await.unwrap();
         h.begin_drain().await;
-        h.stop_admitting(Duration::from_secs(30)).await;
+        h.arm_deadline(Duration::from_secs(30)).await;
         drop(a);
         h.settle().await;
         assert!(h.reports().is_empty(), "one request still in flight");
         drop(b);
         h.settle().await;
-        assert_eq!(h.reports(), vec![Harness::done(Outcome::Drained, 0)]);
+        assert!(
+            h.reports().is_empty(),
+            "the listener may still hand over connections"
+        );
         h.listener_closed(Duration::from_millis(100)).await;
         h.settle().await;
         assert_eq!(
             h.reports(),
-            vec![Harness::done(Outcome::Drained, 0), DrainReport::Quiet]
+            vec![
+                Harness::done(Outcome::Drained, 0),
+                DrainReport::Quiet,
+                DrainReport::Settled
+            ]
         );
     }
 
@@ -768,9 +1039,17 @@ mod tests {
     async fn empty_drain_finishes_at_once() {
         let h = start();
         h.begin_drain().await;
-        h.stop_admitting(Duration::from_secs(30)).await;
+        h.arm_deadline(Duration::from_secs(30)).await;
+        h.listener_closed(Duration::from_millis(100)).await;
         h.settle().await;
-        assert_eq!(h.reports(), vec![Harness::done(Outcome::Drained, 0)]);
+        assert_eq!(
+            h.reports(),
+            vec![
+                Harness::done(Outcome::Drained, 0),
+                DrainReport::Quiet,
+                DrainReport::Settled
+            ]
+        );
     }
 
     #[actix_rt::test]
@@ -780,7 +1059,7 @@ mod tests {
         let mut straggler = h.admit().await.unwrap();
         let writer = h.admit().await.unwrap();
         h.begin_drain().await;
-        h.stop_admitting(Duration::from_millis(500)).await;
+        h.arm_deadline(Duration::from_millis(500)).await;
         let started = tokio::time::Instant::now();
         // The straggler waits for its cancellation; the writer "has begun its
         // write" and finishes anyway.
@@ -816,16 +1095,20 @@ mod tests {
         tokio::time::pause();
         let h = start();
         let permit = h.admit().await.unwrap();
-        h.stop_admitting(Duration::from_millis(500)).await;
+        h.arm_deadline(Duration::from_millis(500)).await;
+        h.listener_closed(Duration::from_millis(100)).await;
         drop(permit);
         h.settle().await;
         tokio::time::sleep(Duration::from_secs(5)).await;
         h.settle().await;
-        // Drained, not cut: the deadline timer was disarmed. (Quiet comes from
-        // the hard deadline for connections, as no listener was closed here.)
+        // Drained, not cut: the deadline timer was disarmed.
         assert_eq!(
             h.reports(),
-            vec![Harness::done(Outcome::Drained, 0), DrainReport::Quiet]
+            vec![
+                Harness::done(Outcome::Drained, 0),
+                DrainReport::Quiet,
+                DrainReport::Settled
+            ]
         );
     }
 
@@ -835,16 +1118,16 @@ mod tests {
         let h = start();
         let permit = h.admit().await.unwrap();
         assert_eq!(h.begin_drain().await, 1);
-        h.stop_admitting(Duration::from_millis(500)).await;
+        h.arm_deadline(Duration::from_millis(500)).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        // A second BeginDrain and a second StopAdmitting neither reopen
-        // admission nor push the deadline back.
+        // A second BeginDrain and a second ArmDeadline neither change the
+        // state nor push the deadline back.
         assert_eq!(h.begin_drain().await, 1);
-        h.stop_admitting(Duration::from_secs(60)).await;
+        h.arm_deadline(Duration::from_secs(60)).await;
         assert_eq!(
             *h.phase.borrow(),
             DrainState::Draining {
-                admitting: false,
+                admitting: true,
                 cut: None
             }
         );
@@ -922,7 +1205,7 @@ mod tests {
         let (busy, mut busy_close) = h.connect();
         let permit = h.admit().await.unwrap();
         h.begin_drain().await;
-        assert_eq!(h.stop_admitting(Duration::from_secs(30)).await, 1);
+        assert_eq!(h.arm_deadline(Duration::from_secs(30)).await, 1);
         h.listener_closed(Duration::from_millis(100)).await;
         tokio::time::sleep(Duration::from_millis(99)).await;
         h.settle().await;
@@ -932,6 +1215,8 @@ mod tests {
         assert_eq!(idle_close.try_recv(), Ok(Close::IfIdle));
         assert_eq!(busy_close.try_recv(), Ok(Close::IfIdle));
         drop(idle);
+        // The busy connection's answer carries `Connection: close`.
+        h.change(&busy, ConnKind::Closing).await;
         drop(permit);
         h.settle().await;
         assert_eq!(h.reports(), vec![Harness::done(Outcome::Drained, 0)]);
@@ -941,7 +1226,11 @@ mod tests {
         h.settle().await;
         assert_eq!(
             h.reports(),
-            vec![Harness::done(Outcome::Drained, 0), DrainReport::Quiet]
+            vec![
+                Harness::done(Outcome::Drained, 0),
+                DrainReport::Quiet,
+                DrainReport::Settled
+            ]
         );
     }
 
@@ -957,20 +1246,21 @@ mod tests {
         during.mark_answered();
         drop(during);
         drop(unanswered);
-        h.stop_admitting(Duration::from_secs(30)).await;
+        h.arm_deadline(Duration::from_secs(30)).await;
+        h.listener_closed(Duration::from_millis(100)).await;
         h.settle().await;
-        assert_eq!(h.reports(), vec![Harness::done(Outcome::Drained, 1)]);
+        assert_eq!(h.reports()[0], Harness::done(Outcome::Drained, 1));
         assert_eq!(h.snapshot().await.completed_in_drain, 1);
     }
 
-    /// The gate: no permit once closed, and the last drop of a closed gate
+    /// The gate: no permit once closed, and the last drop of a watched gate
     /// ends the drain even when it happens on another thread.
     #[actix_rt::test]
     async fn a_permit_dropped_on_another_thread_ends_the_drain() {
         let h = start();
         let permit = h.admit().await.unwrap();
-        h.stop_admitting(Duration::from_secs(30)).await;
-        assert_eq!(h.admit().await.unwrap_err(), NotAdmitted);
+        h.arm_deadline(Duration::from_secs(30)).await;
+        h.listener_closed(Duration::from_millis(100)).await;
         std::thread::spawn(move || drop(permit))
             .join()
             .expect("thread ran");
@@ -980,16 +1270,17 @@ mod tests {
             }
             h.settle().await;
         }
-        assert_eq!(h.reports(), vec![Harness::done(Outcome::Drained, 0)]);
+        assert_eq!(h.reports()[0], Harness::done(Outcome::Drained, 0));
         assert_eq!(h.admission.in_flight(), 0);
+        assert_eq!(h.admit().await.unwrap_err(), NotAdmitted);
     }
 
     #[actix_rt::test]
     async fn a_zero_drain_timeout_cuts_before_the_answer() {
         let h = start();
         let permit = h.admit().await.unwrap();
-        h.stop_admitting(Duration::ZERO).await;
-        // Already published when StopAdmitting has been handled.
+        h.arm_deadline(Duration::ZERO).await;
+        // Already published when ArmDeadline has been handled.
         assert_eq!(
             *h.phase.borrow(),
             DrainState::Draining {
@@ -1024,8 +1315,10 @@ mod tests {
     async fn a_cut_after_the_work_is_done_closes_what_is_left_now() {
         tokio::time::pause();
         let h = start();
-        let (_slow_reader, mut close) = h.connect();
-        h.stop_admitting(Duration::from_secs(30)).await;
+        let (slow_reader, mut close) = h.connect();
+        h.change(&slow_reader, ConnKind::Closing).await;
+        h.arm_deadline(Duration::from_secs(30)).await;
+        h.listener_closed(Duration::from_secs(60)).await;
         h.settle().await;
         assert_eq!(h.reports(), vec![Harness::done(Outcome::Drained, 0)]);
         h.cut(CancelReason::ShutdownForced).await;
@@ -1033,17 +1326,24 @@ mod tests {
         assert_eq!(close.try_recv(), Ok(Close::Now));
         assert_eq!(
             h.reports(),
-            vec![Harness::done(Outcome::Drained, 0), DrainReport::Quiet]
+            vec![
+                Harness::done(Outcome::Drained, 0),
+                DrainReport::Quiet,
+                DrainReport::Settled
+            ]
         );
     }
 
+    /// Its answer was written with `Connection: close`, and its client reads
+    /// none of it.
     #[actix_rt::test]
     async fn connection_that_never_closes_is_closed_at_the_hard_deadline() {
         tokio::time::pause();
         let h = start();
-        let (_guard, mut close) = h.connect();
+        let (guard, mut close) = h.connect();
         let permit = h.admit().await.unwrap();
-        h.stop_admitting(Duration::from_secs(30)).await;
+        h.change(&guard, ConnKind::Closing).await;
+        h.arm_deadline(Duration::from_secs(30)).await;
         h.listener_closed(Duration::from_secs(60)).await;
         drop(permit);
         h.settle().await;
@@ -1053,7 +1353,11 @@ mod tests {
         assert_eq!(close.try_recv(), Ok(Close::Now));
         assert_eq!(
             h.reports(),
-            vec![Harness::done(Outcome::Drained, 0), DrainReport::Quiet]
+            vec![
+                Harness::done(Outcome::Drained, 0),
+                DrainReport::Quiet,
+                DrainReport::Settled
+            ]
         );
     }
 }

@@ -39,8 +39,10 @@ pub async fn client_deadline(
     if let (Some(activity), Some(data)) = (&activity, &data) {
         let began = activity.request_started().unwrap_or_else(Instant::now);
         let timeout = data.client_request_timeout;
-        // A request without a body (every probe) has nothing to bound.
+        // A request without a body (every probe) has nothing to bound; an
+        // upgrade's "body" is the upgraded protocol, bounded by its session.
         match req.take_payload() {
+            body if req.head().upgrade() => req.set_payload(body),
             Payload::None => {}
             body => {
                 let flag = Rc::new(Cell::new(false));

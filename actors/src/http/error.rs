@@ -27,6 +27,9 @@ pub enum EngineError {
     /// A `GET /admin/prestop` without its header.
     #[error("GET /admin/prestop needs the header x-drainer-prestop: true (or use POST)")]
     PrestopHeaderMissing,
+    /// A request to a WebSocket endpoint that is not a valid upgrade.
+    #[error("websocket_upgrade_required")]
+    NotAnUpgrade,
     /// A handler asked for [`crate::Work`] outside the engine's server.
     #[error("internal error: the request was not processed")]
     NotServed,
@@ -47,6 +50,7 @@ impl ResponseError for EngineError {
             EngineError::NotFound => StatusCode::NOT_FOUND,
             EngineError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             EngineError::PrestopHeaderMissing => StatusCode::UNPROCESSABLE_ENTITY,
+            EngineError::NotAnUpgrade => StatusCode::BAD_REQUEST,
             EngineError::NotServed => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -58,8 +62,9 @@ impl ResponseError for EngineError {
             EngineError::ClientTimeout => {
                 res.force_close();
             }
-            // A cut: the drain is ending, the client goes elsewhere.
-            EngineError::Cut(_) => {
+            // A cut: the drain is ending, the client goes elsewhere. A
+            // refused upgrade: the rest of the connection is not HTTP.
+            EngineError::Cut(_) | EngineError::NotAnUpgrade => {
                 res.force_close();
             }
             _ => {}

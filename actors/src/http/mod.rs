@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use crate::drain::{Admission, DrainState};
 use crate::metrics::Metrics;
+use crate::persistent::Persistence;
 pub use error::EngineError;
 pub use probes::{Probes, ReadinessCheck};
 pub use work::Work;
@@ -44,6 +45,7 @@ pub(crate) struct EngineData {
     pub on_engine_answer: Option<OnEngineAnswer>,
     pub client_request_timeout: Duration,
     pub metrics: Metrics,
+    pub persistence: Persistence,
 }
 
 /// What an `App<T>` is built from: the service factory `App::new()` and its

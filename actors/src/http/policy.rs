@@ -7,19 +7,22 @@
 //! - at the drain's cut, a handler that has not finished and is not shielded
 //!   is dropped and answered 503 `{"error":"drain_timeout"}` or
 //!   `{"error":"shutdown_forced"}`; a shielded one runs on and answers itself;
-//! - from the moment a drain begins every response carries `Connection: close`.
+//! - from the moment a drain begins every response carries `Connection: close`
+//!   (never a 101: actix would let it override the upgrade), and the
+//!   coordinator hears that the connection carries no other request.
 
 use std::rc::Rc;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::{ConnectionType, Method};
+use actix_web::http::{ConnectionType, Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, ResponseError};
 
 use super::error::EngineError;
 use super::work::Work;
 use super::{probes, EngineData};
+use crate::drain::{ConnId, ConnKind, ConnectionChanged};
 use crate::server::Activity;
 
 /// See the module documentation.
@@ -46,7 +49,7 @@ pub(crate) async fn drain_policy<B: MessageBody + 'static>(
         };
         let mut res = req.into_response(res);
         if data.admission.drain_begun() {
-            close_connection(&mut res);
+            close_connection(&mut res, &data);
         }
         return Ok(res.map_into_right_body());
     }
@@ -55,7 +58,7 @@ pub(crate) async fn drain_policy<B: MessageBody + 'static>(
             told(req.method(), req.path(), EngineError::ShuttingDown);
         }
         let mut res = req.into_response(EngineError::ShuttingDown.error_response());
-        close_connection(&mut res);
+        close_connection(&mut res, &data);
         return Ok(res.map_into_right_body());
     };
     let work = Work::new(permit);
@@ -111,13 +114,24 @@ pub(crate) async fn drain_policy<B: MessageBody + 'static>(
     // Checked after the work: a request that began before the drain and ends
     // during it also tells its client to go elsewhere.
     if data.admission.drain_begun() {
-        close_connection(&mut res);
+        close_connection(&mut res, &data);
     }
     Ok(res)
 }
 
-fn close_connection<B>(res: &mut ServiceResponse<B>) {
+/// `Connection: close` on `res` (not on a 101), and the coordinator told the
+/// connection carries nothing after it.
+fn close_connection<B>(res: &mut ServiceResponse<B>, data: &EngineData) {
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
     res.response_mut()
         .head_mut()
         .set_connection_type(ConnectionType::Close);
+    if let Some(&id) = res.request().conn_data::<ConnId>() {
+        data.persistence.changed.do_send(ConnectionChanged {
+            id,
+            kind: ConnKind::Closing,
+        });
+    }
 }

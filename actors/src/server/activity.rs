@@ -18,6 +18,13 @@
 //! - **Keep-alive.** A connection with nothing owed either way closes after
 //!   the keep-alive time. (actix-http's own keep-alive timer would also fire
 //!   while answers wait to be written, dropping them.)
+//! - **Persistent connections.** A WebSocket or an SSE stream is never idle,
+//!   and none of the bounds above apply to it (its frames are not requests;
+//!   its session pings and says goodbye itself); once its body has ended and
+//!   been written, the connection closes ([`Activity::close_when_flushed`]).
+//! - **Lingering close.** Whether the connection ended in the middle of a
+//!   request body ([`Activity::mid_body`]): the rest is read and discarded
+//!   before the socket closes, so the client reads its early answer.
 
 use std::cell::{Cell, RefCell};
 use std::task::Waker;
@@ -58,6 +65,12 @@ pub struct Activity {
     /// Shielded requests past the cut whose answers are still owed: the
     /// hard deadline does not close the connection before they are written.
     shielded: Cell<u64>,
+    /// A WebSocket or an SSE stream has taken the connection over.
+    persistent: Cell<bool>,
+    /// Its persistent body has ended: close once it is written.
+    ending: Cell<bool>,
+    /// Told when the connection should close now (a persistent body written whole).
+    closing: tokio::sync::Notify,
 }
 
 /// What ran out on a connection.
@@ -98,6 +111,39 @@ impl Activity {
         self.awaiting.get()
     }
 
+    /// A WebSocket or an SSE stream has taken the connection over.
+    pub(crate) fn became_persistent(&self) {
+        self.persistent.set(true);
+        self.idle_since.set(None);
+    }
+
+    /// Whether a WebSocket or an SSE stream has taken the connection over.
+    pub fn is_persistent(&self) -> bool {
+        self.persistent.get()
+    }
+
+    /// The persistent body has ended: the connection closes once that end is
+    /// written (the chunked terminator flushed).
+    pub(crate) fn close_when_flushed(&self) {
+        self.ending.set(true);
+    }
+
+    /// Resolves once the connection should close (see [`Activity::close_when_flushed`]).
+    pub(super) async fn closing(&self) {
+        self.closing.notified().await
+    }
+
+    /// Whether a request's body was still arriving (or its framing could not
+    /// be followed) when the connection ended: the client may still be
+    /// writing the rest.
+    pub(super) fn mid_body(&self) -> bool {
+        if self.persistent.get() {
+            return false;
+        }
+        let framer = self.framer.borrow();
+        framer.receiving_since().is_some() && !framer.in_head()
+    }
+
     /// Requests received whole and not yet answered by the app.
     fn owed(&self) -> u64 {
         self.framer
@@ -108,6 +154,10 @@ impl Activity {
 
     /// Bytes arrived at `now`.
     pub(super) fn read(&self, bytes: &[u8], now: Instant) {
+        if self.persistent.get() {
+            // Frames, not requests.
+            return;
+        }
         self.awaiting.set(true);
         self.idle_since.set(None);
         self.framer.borrow_mut().feed(bytes, now);
@@ -125,6 +175,13 @@ impl Activity {
 
     /// A flush completed: a response went out whole, nothing is owed.
     pub(super) fn flushed(&self, now: Instant) {
+        if self.ending.get() {
+            self.closing.notify_one();
+        }
+        if self.persistent.get() {
+            self.wrote.set(false);
+            return;
+        }
         if self.wrote.replace(false) {
             self.awaiting.set(false);
             let between = self.framer.borrow().receiving_since().is_none();
@@ -143,6 +200,11 @@ impl Activity {
     /// (`writable` says whether the socket could take bytes right now).
     /// A paused reader [`Activity::park`]s its waker.
     pub(super) fn paused(&self, writable: impl FnOnce() -> bool) -> bool {
+        if self.persistent.get() {
+            // Its session bounds its own writes; its client's frames (a
+            // Close reply among them) are always read.
+            return false;
+        }
         self.owed() >= MAX_OWED || (self.blocked_since.get().is_some() && !writable())
     }
 
@@ -175,6 +237,9 @@ impl Activity {
         timeout: Duration,
         keep_alive: Duration,
     ) -> Option<Expired> {
+        if self.persistent.get() {
+            return None;
+        }
         if self
             .idle_since
             .get()

@@ -65,7 +65,14 @@ pub struct Server<F> {
     readiness: Vec<(String, ReadinessCheck)>,
     on_engine_answer: Option<crate::http::OnEngineAnswer>,
     client_request_timeout: Duration,
+    keep_alive: Duration,
 }
+
+/// How long an idle connection stays open while serving normally, by
+/// default: longer than the load balancers in front (AWS ALB and nginx
+/// close idle upstream connections after 60 s), or a balancer may send a
+/// request on a connection the backend is closing.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(75);
 
 impl<F, T> Server<F>
 where
@@ -84,6 +91,7 @@ where
             readiness: Vec::new(),
             on_engine_answer: None,
             client_request_timeout: CLIENT_REQUEST_TIMEOUT,
+            keep_alive: KEEP_ALIVE,
         }
     }
 
@@ -165,6 +173,14 @@ where
         self
     }
 
+    /// How long an idle connection stays open while serving (default
+    /// [`KEEP_ALIVE`], 75 s): keep it longer than the idle timeout of the
+    /// load balancer in front.
+    pub fn keep_alive(mut self, keep_alive: Duration) -> Self {
+        self.keep_alive = keep_alive;
+        self
+    }
+
     /// The engine under the server: stop hooks, owned components, the admin
     /// listener, the metrics registry, a [`crate::Handle`], the signals.
     pub fn engine(&mut self) -> &mut Engine {
@@ -202,7 +218,7 @@ where
                 addr: local.to_string(),
                 source,
             })?;
-        let workers = self.workers;
+        let (workers, keep_alive) = (self.workers, self.keep_alive);
         let (factory, probes, readiness, on_engine_answer, client_request_timeout) = (
             self.factory,
             self.probes,
@@ -222,9 +238,18 @@ where
                         on_engine_answer,
                         client_request_timeout,
                         metrics: core.metrics.clone(),
+                        persistence: crate::persistent::Persistence {
+                            farewell: core.farewell.clone(),
+                            tally: core.tally.clone(),
+                            settings: core.persistent,
+                            changed: core.coordinator.clone().recipient(),
+                            metrics: core.metrics.clone(),
+                            census: core.census.clone(),
+                        },
                     },
                     local,
                     census: core.census.clone(),
+                    keep_alive,
                 };
                 let transport = super::start(listener, core, setup, workers);
                 info!("listening on {local} with {workers} worker(s)");

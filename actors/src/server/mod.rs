@@ -45,14 +45,19 @@ use crate::metrics::Metrics;
 use crate::transport::{CloseListener, Core, StopTransport, Transport};
 pub use activity::Activity;
 use activity::Expired;
-pub use builder::{Server, StartError};
+pub use builder::{Server, StartError, KEEP_ALIVE};
 use stream::TrackedStream;
 
-/// How long an idle keep-alive connection stays open while serving normally.
-/// The connection's Activity closes it; actix-http's own timer (which would
-/// also fire while answers wait to be written) is set far beyond it.
-const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// actix-http's own keep-alive timer (which would also fire while answers
+/// wait to be written) is set far beyond the connection's keep-alive
+/// (`KEEP_ALIVE_MS`), which its Activity enforces.
 const DISPATCHER_KEEP_ALIVE: Duration = Duration::from_secs(24 * 3600);
+
+/// A lingering close reads and discards at most this much of a body the
+/// answer did not wait for…
+const LINGER_BYTES: usize = 16 << 20;
+/// …for at most this long.
+const LINGER_TIME: Duration = Duration::from_secs(2);
 
 /// A connection on its way to a worker.
 struct Conn {
@@ -69,6 +74,8 @@ pub(crate) struct WorkerSetup<F> {
     pub data: EngineData,
     pub local: SocketAddr,
     pub census: Census,
+    /// How long an idle connection stays open while serving normally.
+    pub keep_alive: Duration,
 }
 
 /// Starts the workers and the accept loop; answers how the Supervisor reaches them.
@@ -210,7 +217,10 @@ async fn worker<F, T>(
     F: Fn() -> App<T> + Send + Clone + 'static,
     T: AppService,
 {
-    let client_timeout = setup.data.client_request_timeout;
+    let timeouts = Timeouts {
+        client: setup.data.client_request_timeout,
+        keep_alive: setup.keep_alive,
+    };
     let local = setup.local;
     let app = http::wrap((setup.factory)(), setup.data.clone());
     let factory = actix_http::HttpService::build()
@@ -238,12 +248,9 @@ async fn worker<F, T>(
         }
     };
     while let Some(conn) = conns.recv().await {
-        setup.census.spawn(serve(
-            service.clone(),
-            conn,
-            client_timeout,
-            metrics.clone(),
-        ));
+        setup
+            .census
+            .spawn(serve(service.clone(), conn, timeouts, metrics.clone()));
     }
 }
 
@@ -265,13 +272,25 @@ fn head_timeout_answer() -> Vec<u8> {
     .into_bytes()
 }
 
+/// A connection's time limits.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    /// `CLIENT_REQUEST_TIMEOUT_MS`: for each request, and for reading its answers.
+    client: Duration,
+    /// `KEEP_ALIVE_MS`: for an idle connection.
+    keep_alive: Duration,
+}
+
 /// Serves one connection until it closes, the coordinator closes it, or its
-/// client runs out of time (`client_timeout` for each request, and for
-/// reading its answers).
-async fn serve<S>(service: Rc<S>, conn: Conn, client_timeout: Duration, metrics: Metrics)
+/// client runs out of time.
+async fn serve<S>(service: Rc<S>, conn: Conn, timeouts: Timeouts, metrics: Metrics)
 where
     S: Service<(TrackedStream, Option<SocketAddr>)>,
 {
+    let Timeouts {
+        client: client_timeout,
+        keep_alive,
+    } = timeouts;
     let Conn {
         stream,
         guard,
@@ -279,8 +298,8 @@ where
     } = conn;
     let peer = stream.peer_addr().ok();
     // A second handle on the socket, to answer a head that timed out after
-    // the dispatcher (which owns the first) is gone.
-    let answer_on = stream.try_clone().ok();
+    // the dispatcher (which owns the first) is gone, and to linger.
+    let mut answer_on = stream.try_clone().ok();
     let prepared = stream
         .set_nonblocking(true)
         .and_then(|()| stream.set_nodelay(true))
@@ -295,15 +314,29 @@ where
     };
     let dispatcher = service.call((io, peer));
     tokio::pin!(dispatcher);
-    let check = actix_rt::time::sleep(client_timeout.min(KEEP_ALIVE));
+    let check = actix_rt::time::sleep(client_timeout.min(keep_alive));
     tokio::pin!(check);
     loop {
         tokio::select! {
-            _ = &mut dispatcher => return,
+            _ = &mut dispatcher => {
+                // Answered before its body was read (a 413, an early
+                // error): read the rest before closing, so that a client
+                // that writes its whole body first reads the answer
+                // instead of a reset. (The guard lives on meanwhile: the
+                // drain's hard limit still ends this.)
+                if activity.mid_body() {
+                    if let Some(socket) = answer_on.take() {
+                        linger(socket, &mut close).await;
+                    }
+                }
+                return;
+            }
+            () = activity.closing() => return,
             asked = close.recv() => match asked {
                 // A request on it still awaits its answer, which carries
                 // `Connection: close`: the connection will end by itself.
-                Some(Close::IfIdle) if activity.awaiting_response() => continue,
+                // A persistent one has had its goodbye.
+                Some(Close::IfIdle) if activity.awaiting_response() || activity.is_persistent() => continue,
                 // Shielded work past the cut still owes its answer: it is
                 // written before the connection closes (bounded by the budget).
                 Some(Close::Now) if activity.holds_shielded() => continue,
@@ -312,9 +345,9 @@ where
             },
             _ = &mut check => {
                 let now = std::time::Instant::now();
-                match activity.expired(now, client_timeout, KEEP_ALIVE) {
+                match activity.expired(now, client_timeout, keep_alive) {
                     None => {
-                        let next = activity.next_check(now, client_timeout, KEEP_ALIVE);
+                        let next = activity.next_check(now, client_timeout, keep_alive);
                         check.as_mut().reset(tokio::time::Instant::from_std(next));
                     }
                     Some(Expired::Idle) => return,
@@ -324,7 +357,7 @@ where
                         metrics.client_timeout(reason);
                         // The dispatcher (dropped on return) never saw this
                         // head and writes nothing more.
-                        if let (Expired::Head, Some(socket)) = (expired, answer_on) {
+                        if let (Expired::Head, Some(socket)) = (expired, answer_on.take()) {
                             answer_timed_out_head(socket);
                         }
                         return;
@@ -368,6 +401,41 @@ fn answer_timed_out_head(socket: std::net::TcpStream) {
     while let Ok(n) = socket.read(&mut sink) {
         if n == 0 {
             break;
+        }
+    }
+}
+
+/// A lingering close: the write side is shut (the answer is out), and what
+/// the client still sends is read and discarded — up to [`LINGER_BYTES`],
+/// for [`LINGER_TIME`], and never past the drain's hard limit — so that the
+/// close does not reset the answer away.
+async fn linger(socket: std::net::TcpStream, close: &mut mpsc::UnboundedReceiver<Close>) {
+    let _ = socket.shutdown(std::net::Shutdown::Write);
+    let Ok(socket) = tokio::net::TcpStream::from_std(socket) else {
+        return;
+    };
+    let until = actix_rt::time::sleep(LINGER_TIME);
+    tokio::pin!(until);
+    let mut sink = vec![0u8; 64 * 1024];
+    let mut left = LINGER_BYTES;
+    while left > 0 {
+        tokio::select! {
+            () = &mut until => return,
+            asked = close.recv() => match asked {
+                Some(Close::IfIdle) => {}
+                Some(Close::Now) | None => return,
+            },
+            ready = socket.readable() => {
+                if ready.is_err() {
+                    return;
+                }
+                match socket.try_read(&mut sink) {
+                    Ok(0) => return,
+                    Ok(n) => left = left.saturating_sub(n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
         }
     }
 }

@@ -5,7 +5,8 @@
 //!   table of what each request does ([`command_for`]).
 //! - `state` — the shutdown's state, one enum (`ShutdownState`), and the
 //!   milestones the phases publish.
-//! - `phases` — the engine's own phases: `delay`, `stop_accepting`, `drain`.
+//! - `phases` — the engine's own phases: `delay`, `stop_accepting`, `drain`,
+//!   `close_persistent`.
 //! - `report` — the [`Report`] a run answers with.
 //!
 //! `Supervisor::launch` starts the DrainCoordinator, lets the caller build
@@ -17,8 +18,9 @@
 //! | phase | what it does | its own deadline |
 //! |---|---|---|
 //! | `delay` | keeps serving until the delay since the drain began is over | the delay |
-//! | `stop_accepting` | stops admission (the drain deadline starts), closes the listener | phase timeout |
-//! | `drain` | waits for the work and the connections | drain timeout + 2 × linger + 500 ms |
+//! | `stop_accepting` | starts the drain deadline, closes the listener, says goodbye to persistent connections | phase timeout |
+//! | `drain` | waits for the work and the connections that carry it | drain timeout + 2 × linger + 500 ms |
+//! | `close_persistent` | waits for the persistent connections, closes those left `WS_CLOSE_TIMEOUT_MS` after the goodbyes | `WS_CLOSE_TIMEOUT_MS` |
 //! | `stop_admin` | stops the admin listener (when there is one) | phase timeout |
 //! | the stop hooks | whatever the application registered | their own |
 //!
@@ -37,6 +39,7 @@ mod settings;
 mod state;
 pub(crate) mod trigger;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{
@@ -53,6 +56,7 @@ use crate::census::Census;
 use crate::drain::{BeginDrain, CancelReason, CutDrain, DrainCoordinator, DrainReport, Outcome};
 use crate::lifecycle::{Control, Lifecycle, PhaseCtx, StopActor};
 use crate::metrics::Metrics;
+use crate::persistent::Tally;
 use crate::transport::{Core, PreStop, StopTransport, Transport, TransportDrain, TransportEnded};
 
 pub use report::{PhaseRecord, PhaseResult, Report};
@@ -123,6 +127,8 @@ pub struct Supervisor {
     milestones: watch::Sender<Milestones>,
     state: ShutdownState,
     drain_begin: Vec<DrainBeginFn>,
+    /// How the persistent connections ended.
+    tally: Arc<Tally>,
     /// Where the report goes once everything has stopped.
     done: Option<oneshot::Sender<Report>>,
 }
@@ -157,6 +163,8 @@ impl Supervisor {
             .counted_in(census.clone());
             let state = coordinator.subscribe();
             let admission = coordinator.admission();
+            let farewell = coordinator.farewell();
+            let tally = Arc::new(Tally::default());
             let coordinator = coordinator.start();
             let core = Core {
                 coordinator: coordinator.clone(),
@@ -166,6 +174,9 @@ impl Supervisor {
                 census: census.clone(),
                 linger: settings.linger(),
                 supervisor: ctx.address(),
+                farewell,
+                tally: tally.clone(),
+                persistent: settings.persistent,
             };
             let transport = build(&core);
             let (control, _) = watch::channel(Control::default());
@@ -194,6 +205,15 @@ impl Supervisor {
             steps.push((
                 phase::DRAIN,
                 Box::new(move |_| Box::pin(phases::drain(progress))),
+            ));
+            let closing = phases::ClosingPersistent {
+                coordinator: coordinator.clone(),
+                progress: milestones.subscribe(),
+                ws_close_timeout: settings.persistent.ws_close_timeout,
+            };
+            steps.push((
+                phase::CLOSE_PERSISTENT,
+                Box::new(move |ctx| Box::pin(phases::close_persistent(closing, ctx))),
             ));
             if let Some(admin) = admin {
                 steps.push((phase::STOP_ADMIN, admin(&core)));
@@ -225,6 +245,7 @@ impl Supervisor {
                 milestones,
                 state: ShutdownState::Active { lifecycle },
                 drain_begin,
+                tally,
                 done: Some(done),
             }
         });
@@ -276,6 +297,7 @@ impl Supervisor {
         let metrics = self.metrics.clone();
         let milestones = self.milestones.subscribe();
         let exit_zero = self.control.subscribe();
+        let tally = self.tally.clone();
         let run = async move {
             lifecycle
                 .run(
@@ -287,6 +309,7 @@ impl Supervisor {
                         let zero = exit_zero.borrow().exit == Some(ExitRule::Zero);
                         let work = milestones.borrow().work;
                         Report::new(Some(order.trigger), phases.to_vec(), work, zero)
+                            .with_persistent(tally.figures())
                     },
                 )
                 .await
@@ -331,10 +354,12 @@ impl Supervisor {
         let transport = self.transport.clone();
         let owned = std::mem::take(&mut self.owned);
         let census = self.census.clone();
+        let tally = self.tally.clone();
         let stop_all = async move {
             // The coordinator's report carries the figures; without one (the
             // drain phase was cut before the work ended) its state has them.
-            let mut report = Report::new(trigger, phases, work, zero);
+            let mut report =
+                Report::new(trigger, phases, work, zero).with_persistent(tally.figures());
             if work.is_none() {
                 let snapshot = coordinator.send(crate::drain::GetSnapshot);
                 if let Ok(Ok(s)) = tokio::time::timeout(STOP_ACTOR_TIMEOUT, snapshot).await {
@@ -491,6 +516,7 @@ impl Handler<DrainReport> for Supervisor {
                 });
             }
             DrainReport::Quiet => self.milestones.send_modify(|m| m.quiet = true),
+            DrainReport::Settled => self.milestones.send_modify(|m| m.settled = true),
         }
     }
 }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::drain::{Outcome, WorkDone};
+use crate::persistent::{Class, ClassFigures};
 use crate::signals::ShutdownSignal;
 
 use super::trigger::Trigger;
@@ -26,6 +27,8 @@ pub struct Report {
     pub outcome: Option<Outcome>,
     /// The code the process exits with: 0 drained, 1 cut short, 2 failed to start.
     pub exit_code: i32,
+    /// How the persistent connections open at the goodbye ended, per class.
+    pub persistent: [ClassFigures; 3],
     /// The engine's census, read once the System has stopped.
     pub(crate) census: Option<crate::census::Census>,
 }
@@ -60,8 +63,15 @@ impl Report {
             } else {
                 outcome.map_or(1, Outcome::exit_code)
             },
+            persistent: no_persistent(),
             census: None,
         }
+    }
+
+    /// With the persistent connections' figures.
+    pub(crate) fn with_persistent(mut self, figures: [ClassFigures; 3]) -> Report {
+        self.persistent = figures;
+        self
     }
 
     /// A signal came during start-up, before anything was served: exit 0.
@@ -74,6 +84,7 @@ impl Report {
             in_flight_at_cut: 0,
             outcome: None,
             exit_code: 0,
+            persistent: no_persistent(),
             census: None,
         }
     }
@@ -106,6 +117,17 @@ impl Report {
                 .map_or(serde_json::Value::Null, |t| t.to_string().into()),
         );
         map.insert("phases".into(), phases.into());
+        let persistent: serde_json::Map<String, serde_json::Value> = self
+            .persistent
+            .iter()
+            .map(|p| {
+                (
+                    p.class.as_str().to_string(),
+                    serde_json::json!({"clean": p.clean, "forced": p.forced}),
+                )
+            })
+            .collect();
+        map.insert("persistent".into(), persistent.into());
         map.insert("completed".into(), self.completed.into());
         map.insert("cut_short".into(), self.cut_short.into());
         map.insert("in_flight_at_cut".into(), self.in_flight_at_cut.into());
@@ -125,17 +147,33 @@ impl fmt::Display for Report {
             .iter()
             .map(|p| format!("{} {} ms {}", p.name, p.took.as_millis(), p.result))
             .collect();
+        let persistent: Vec<String> = self
+            .persistent
+            .iter()
+            .map(|p| format!("{} {} clean {} forced", p.class.as_str(), p.clean, p.forced))
+            .collect();
         write!(
             f,
-            "shutdown report: trigger {trigger}; phases: {}; completed during the drain: {}; \
-             cut short: {} (of {} in flight at the cut); exit code {}",
+            "shutdown report: trigger {trigger}; phases: {}; persistent: {}; \
+             completed during the drain: {}; cut short: {} (of {} in flight at the cut); \
+             exit code {}",
             phases.join(", "),
+            persistent.join(", "),
             self.completed,
             self.cut_short,
             self.in_flight_at_cut,
             self.exit_code
         )
     }
+}
+
+/// Every class at 0.
+fn no_persistent() -> [ClassFigures; 3] {
+    Class::ALL.map(|class| ClassFigures {
+        class,
+        clean: 0,
+        forced: 0,
+    })
 }
 
 /// How one phase ended.
@@ -200,8 +238,9 @@ mod tests {
         );
         assert_eq!(
             report.to_string(),
-            "shutdown report: trigger SIGTERM; phases: drain 12 ms ok; completed during the \
-             drain: 4; cut short: 2 (of 3 in flight at the cut); exit code 1"
+            "shutdown report: trigger SIGTERM; phases: drain 12 ms ok; persistent: websocket 0 \
+             clean 0 forced, sse 0 clean 0 forced, long_poll 0 clean 0 forced; completed during \
+             the drain: 4; cut short: 2 (of 3 in flight at the cut); exit code 1"
         );
         let fields = serde_json::Value::Object(report.fields());
         assert_eq!(
@@ -209,6 +248,11 @@ mod tests {
             serde_json::json!({
                 "trigger": "SIGTERM",
                 "phases": [{"phase": "drain", "duration_ms": 12, "outcome": "ok"}],
+                "persistent": {
+                    "websocket": {"clean": 0, "forced": 0},
+                    "sse": {"clean": 0, "forced": 0},
+                    "long_poll": {"clean": 0, "forced": 0},
+                },
                 "completed": 4, "cut_short": 2, "in_flight_at_cut": 3, "exit_code": 1,
             })
         );

@@ -6,6 +6,11 @@ use std::time::Duration;
 
 use crate::drain::CANCEL_ALLOWANCE;
 use crate::lifecycle::{self, BudgetShort};
+use crate::persistent::PersistentSettings;
+
+/// After `WS_CLOSE_TIMEOUT_MS`, how long `close_persistent` gives what it
+/// closed to be gone (and counted).
+pub(crate) const CLOSE_MARGIN: Duration = Duration::from_millis(100);
 
 /// The shortest time connections get to close once the work is done, before
 /// they are closed for them.
@@ -21,8 +26,10 @@ pub mod defaults {
     pub const DRAIN_TIMEOUT_MS: u64 = 30_000;
     /// `IDLE_CLOSE_GRACE_MS`.
     pub const IDLE_CLOSE_GRACE_MS: u64 = 100;
-    /// `SHUTDOWN_TIMEOUT_MS`.
-    pub const SHUTDOWN_TIMEOUT_MS: u64 = 45_000;
+    /// `SHUTDOWN_TIMEOUT_MS`: room for a 5000 ms prestop delay, the drain's
+    /// 32500 ms, `close_persistent`'s 5100 ms and four 1500 ms phases
+    /// before the last (which runs in the 1000 ms reserve): 49600 ms.
+    pub const SHUTDOWN_TIMEOUT_MS: u64 = 50_000;
     /// `SHUTDOWN_PHASE_TIMEOUT_MS`.
     pub const SHUTDOWN_PHASE_TIMEOUT_MS: u64 = 1_500;
 }
@@ -34,8 +41,11 @@ pub mod phase {
     pub const DELAY: &str = "delay";
     /// Stops admission and closes the listener.
     pub const STOP_ACCEPTING: &str = "stop_accepting";
-    /// Waits for the work in flight and the connections.
+    /// Waits for the work in flight and the connections that carry it.
     pub const DRAIN: &str = "drain";
+    /// Waits for the persistent connections after their goodbyes; closes
+    /// those left at `WS_CLOSE_TIMEOUT_MS`.
+    pub const CLOSE_PERSISTENT: &str = "close_persistent";
     /// Stops the admin listener (when there is one).
     pub const STOP_ADMIN: &str = "stop_admin";
 }
@@ -60,6 +70,9 @@ pub struct ShutdownSettings {
     /// The own deadline of every phase but the delay and the drain, and of
     /// every stop hook registered without one.
     pub phase_timeout: Duration,
+    /// Persistent connections: the WebSocket close wait (the
+    /// `close_persistent` phase's deadline), pings, SSE keep-alives and retry.
+    pub persistent: PersistentSettings,
     /// Test-only: a phase that hangs after its work until its deadline.
     pub stalled_phase: Option<String>,
 }
@@ -74,6 +87,7 @@ impl Default for ShutdownSettings {
             idle_grace: ms(defaults::IDLE_CLOSE_GRACE_MS),
             budget: Some(ms(defaults::SHUTDOWN_TIMEOUT_MS)),
             phase_timeout: ms(defaults::SHUTDOWN_PHASE_TIMEOUT_MS),
+            persistent: PersistentSettings::default(),
             stalled_phase: None,
         }
     }
@@ -91,8 +105,9 @@ pub struct BadSetting {
 
 impl ShutdownSettings {
     /// The defaults, with `SHUTDOWN_DELAY_MS`, `DRAIN_TIMEOUT_MS`,
-    /// `IDLE_CLOSE_GRACE_MS`, `SHUTDOWN_TIMEOUT_MS` and
-    /// `SHUTDOWN_PHASE_TIMEOUT_MS` read from the environment when set.
+    /// `IDLE_CLOSE_GRACE_MS`, `SHUTDOWN_TIMEOUT_MS`,
+    /// `SHUTDOWN_PHASE_TIMEOUT_MS`, `WS_CLOSE_TIMEOUT_MS`, `WS_PING_MS`,
+    /// `SSE_KEEPALIVE_MS` and `SSE_RETRY_MS` read from the environment when set.
     pub fn from_env() -> Result<Self, BadSetting> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -124,6 +139,17 @@ impl ShutdownSettings {
         }
         if let Some(ms) = read("SHUTDOWN_PHASE_TIMEOUT_MS")? {
             s = s.phase_timeout(Duration::from_millis(ms));
+        }
+        let p = &mut s.persistent;
+        for (name, field) in [
+            ("WS_CLOSE_TIMEOUT_MS", &mut p.ws_close_timeout),
+            ("WS_PING_MS", &mut p.ws_ping),
+            ("SSE_KEEPALIVE_MS", &mut p.sse_keepalive),
+            ("SSE_RETRY_MS", &mut p.sse_retry),
+        ] {
+            if let Some(ms) = read(name)? {
+                *field = Duration::from_millis(ms);
+            }
         }
         Ok(s)
     }
@@ -169,6 +195,12 @@ impl ShutdownSettings {
         MIN_LINGER.max(self.idle_grace)
     }
 
+    /// `close_persistent`'s own deadline: `WS_CLOSE_TIMEOUT_MS` and the
+    /// margin in which what it closes at that time is counted.
+    pub(crate) fn close_persistent_phase(&self) -> Duration {
+        self.persistent.ws_close_timeout + CLOSE_MARGIN
+    }
+
     /// The drain phase's own deadline for a drain of `drain_timeout`: the
     /// deadline, then the linger for cancelled work and the allowance for
     /// cancels to be confirmed, then the linger for connections.
@@ -212,6 +244,7 @@ impl StopPlan {
             (phase::DELAY, delay),
             (phase::STOP_ACCEPTING, settings.phase_timeout),
             (phase::DRAIN, settings.drain_phase(settings.drain_timeout)),
+            (phase::CLOSE_PERSISTENT, settings.close_persistent_phase()),
         ];
         if admin {
             phases.push((phase::STOP_ADMIN, settings.phase_timeout));
@@ -250,6 +283,7 @@ impl StopPlan {
                 phase::DELAY,
                 phase::STOP_ACCEPTING,
                 phase::DRAIN,
+                phase::CLOSE_PERSISTENT,
                 phase::STOP_ADMIN,
             ]
             .contains(&p.name)
@@ -288,6 +322,7 @@ mod tests {
                 "delay",
                 "stop_accepting",
                 "drain",
+                "close_persistent",
                 "stop_admin",
                 "stop_background",
                 "flush_telemetry",
@@ -297,8 +332,9 @@ mod tests {
         let tight = s.clone().budget(Some(Duration::from_secs(30)));
         let plan = StopPlan::new(&tight, true, app_hooks(&tight).into_iter());
         let short = plan.check_budget().expect_err("too small");
-        // 300 delay + 32500 drain + 4 × 1500 + 1000 reserve = 39800.
-        assert_eq!(short.needed, Duration::from_millis(39_800));
+        // 300 delay + 32500 drain + 5100 close_persistent + 4 × 1500
+        // + 1000 reserve = 44900.
+        assert_eq!(short.needed, Duration::from_millis(44_900));
     }
 
     /// Without stop hooks the drain runs last: its deadline counts too.
@@ -308,9 +344,10 @@ mod tests {
         let short = StopPlan::new(&s, false, std::iter::empty())
             .check_budget()
             .expect_err("a 30 s drain cannot fit 3 s");
-        // 0 delay + 1500 stop_accepting + 32500 drain + 1000 reserve.
-        assert_eq!(short.needed, Duration::from_millis(35_000));
-        let roomy = s.budget(Some(Duration::from_secs(35)));
+        // 0 delay + 1500 stop_accepting + 32500 drain + 5100
+        // close_persistent + 1000 reserve.
+        assert_eq!(short.needed, Duration::from_millis(40_100));
+        let roomy = s.budget(Some(Duration::from_millis(40_100)));
         assert!(StopPlan::new(&roomy, false, std::iter::empty())
             .check_budget()
             .is_ok());

@@ -50,8 +50,12 @@ pub(super) struct Milestones {
     pub admission_stopped: Option<usize>,
     /// The coordinator reported the work's end.
     pub work: Option<WorkDone>,
-    /// Every connection has closed.
+    /// Every connection but the persistent ones has closed.
     pub quiet: bool,
+    /// When the listener closed and the goodbyes went out.
+    pub goodbye_at: Option<tokio::time::Instant>,
+    /// The persistent connections have closed too.
+    pub settled: bool,
 }
 
 /// Sets a milestone when dropped: whether its phase finished, failed or was

@@ -107,7 +107,10 @@ fn a_signal_on_an_idle_service_exits_0_with_the_engines_phases() {
         report.trigger,
         Some(Trigger::Signal(ShutdownSignal::Terminate))
     );
-    assert_eq!(names(&report), ["delay", "stop_accepting", "drain"]);
+    assert_eq!(
+        names(&report),
+        ["delay", "stop_accepting", "drain", "close_persistent"]
+    );
     assert_eq!(report.outcome, Some(Outcome::Drained));
 }
 
@@ -269,6 +272,7 @@ fn hooks_run_last_registered_first_with_the_figures_so_far() {
             "delay",
             "stop_accepting",
             "drain",
+            "close_persistent",
             "registered_second",
             "registered_first"
         ]
@@ -284,11 +288,13 @@ fn hooks_run_last_registered_first_with_the_figures_so_far() {
         [
             "begun 1".to_string(),
             "second".into(),
-            "first after [\"delay\", \"stop_accepting\", \"drain\", \"registered_second\"]".into(),
+            "first after [\"delay\", \"stop_accepting\", \"drain\", \"close_persistent\", \
+             \"registered_second\"]"
+                .into(),
         ]
     );
     assert_eq!(
-        report.phases[3].result,
+        report.phases[4].result,
         crate::lifecycle::PhaseResult::Overran(Duration::from_millis(50))
     );
     assert_eq!(report.completed, 0, "a permit not marked answered");
