@@ -413,13 +413,18 @@ fn after_the_listener_closed_open_connections_are_served_with_connection_close()
 #[test]
 fn sse_streams_carry_jobs_and_end_with_reconnect_at_the_drain() {
     let db = TestDb::create();
-    let mut server = Server::start(&db, &[("SSE_RETRY_MS", "2500")]);
+    let mut server = Server::start(
+        &db,
+        &[("SSE_RETRY_MS", "2500"), ("SSE_KEEPALIVE_MS", "100")],
+    );
     let mut sse = Raw::connect(server.port);
     sse.get("/events");
     let (status, headers) = sse.head();
     assert_eq!(status, 200);
     assert_eq!(header(&headers, "content-type"), Some("text/event-stream"));
     assert_eq!(header(&headers, "transfer-encoding"), Some("chunked"));
+    // Proxies see bytes while nothing happens.
+    assert_eq!(sse.chunk(), ": keepalive\n\n");
     // Subscribed once the head is out; the job is committed after.
     let created = post_work(server.port, r#"{"name":"streamed"}"#);
     assert_eq!(created.status, 201);
@@ -527,6 +532,33 @@ fn an_8_mib_body_is_read_back_as_a_413_by_a_client_that_writes_first() {
         &answer[..answer.len().min(200)]
     );
     assert!(answer.ends_with(r#"{"error":"request body is larger than 65536 bytes"}"#));
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(PATIENCE).0, 0);
+}
+
+#[test]
+fn a_websocket_peer_that_never_answers_pings_is_closed_with_1011() {
+    let db = TestDb::create();
+    let mut server = Server::start(&db, &[("WS_PING_MS", "200")]);
+    let mut raw = Raw::connect(server.port);
+    raw.send(WS_HEAD.as_bytes());
+    assert_eq!(raw.head().0, 101);
+    // A ping (FIN + opcode 9, empty), never answered…
+    let mut ping = [0u8; 2];
+    raw.stream.read_exact(&mut ping).expect("a ping");
+    assert_eq!(ping, [0x89, 0x00]);
+    let pinged = Instant::now();
+    // …then, twice the ping interval later, Close 1011.
+    let mut close = [0u8; 4];
+    raw.stream.read_exact(&mut close).expect("a close frame");
+    assert_eq!((close[0], close[1]), (0x88, 0x02));
+    assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1011);
+    assert!(
+        pinged.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        pinged.elapsed()
+    );
+    assert!(raw.eof(), "then the server closes");
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait_exit(PATIENCE).0, 0);
 }
