@@ -23,8 +23,10 @@ Shutdown (see docs/operations.md):
   SIGXFSZ  logged and ignored (the process keeps serving)
   SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT and real-time signals keep their defaults
   POST /admin/prestop (admin listener) begins the drain and answers after the delay
-  Phases, in order: delay, stop_accepting, drain, stop_admin, stop_background,
-  flush_telemetry, close_database; all within SHUTDOWN_TIMEOUT_MS.
+  Phases, in order: delay, stop_accepting, drain, close_persistent, stop_admin,
+  stop_background, flush_telemetry, close_database; all within SHUTDOWN_TIMEOUT_MS.
+  At the end of the delay the listener closes: WebSockets get Close 1001, SSE
+  streams a retry and a reconnect event, pending polls 204 (GET /ws, /events, /poll).
 
 Telemetry: each shutdown is one OpenTelemetry trace, exported over OTLP/HTTP
 when OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set

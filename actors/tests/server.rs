@@ -449,3 +449,61 @@ fn a_handler_sees_its_peer_host_and_local_address() {
     running.handle.drain();
     running.report();
 }
+
+/// An SSE stream whose events fell too far behind is ended (the chunked
+/// terminator, then the connection closes) and counted; what came before
+/// the lag was sent.
+#[test]
+fn an_sse_stream_that_lagged_is_dropped_and_counted() {
+    use drainer_engine::persistent::sse::{self, Event, Lagged};
+    let (metrics_tx, metrics_rx) = mpsc::channel();
+    let running = serve(move || {
+        let mut server = Server::new(|| {
+            App::new().route(
+                "/events",
+                web::get().to(|req: actix_web::HttpRequest| async move {
+                    let events = futures_util::stream::iter([
+                        Ok(Event::new(Some("1"), Some("tick"), "{}")),
+                        Ok(Event::new(Some("2"), None, "two\nlines")),
+                        Err(Lagged),
+                    ]);
+                    sse::stream(&req, events)
+                }),
+            )
+        });
+        metrics_tx
+            .send(server.engine().metrics().clone())
+            .expect("test alive");
+        server
+    });
+    let metrics = metrics_rx.recv_timeout(PATIENCE).expect("metrics");
+    let mut stream = TcpStream::connect(running.addr).expect("connect");
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    write!(stream, "GET /events HTTP/1.1\r\nHost: test\r\n\r\n").expect("write");
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .expect("read until the server closes");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head
+        .to_ascii_lowercase()
+        .contains("content-type: text/event-stream"));
+    assert!(
+        body.contains("id: 1\nevent: tick\ndata: {}\n\n")
+            && body.contains("id: 2\ndata: two\ndata: lines\n\n"),
+        "{body}"
+    );
+    assert!(
+        body.ends_with("0\r\n\r\n"),
+        "the chunked terminator: {body:?}"
+    );
+    let text = metrics.render();
+    assert!(
+        text.lines()
+            .any(|l| l == "drainer_persistent_dropped_total{class=\"sse\"} 1"),
+        "{text}"
+    );
+    running.handle.drain();
+    assert_eq!(running.report().exit_code, 0);
+}

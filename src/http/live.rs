@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use drainer_engine::persistent::poll::{self, Polled};
-use drainer_engine::persistent::sse::{self, Event, Lagged};
+use drainer_engine::persistent::sse::{self, Lagged};
 use drainer_engine::persistent::ws;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
@@ -39,20 +39,12 @@ pub async fn events(req: HttpRequest, jobs: web::Data<Jobs>) -> Result<HttpRespo
         .map_err(|_| ApiError::Internal)?;
     let stream = futures_util::stream::unfold(subscription.next, |mut next| async move {
         match next.recv().await {
-            Ok(event) => Some((Ok(sse_event(&event)), next)),
+            Ok(event) => Some((Ok(event.sse.clone()), next)),
             Err(broadcast::error::RecvError::Lagged(_)) => Some((Err(Lagged), next)),
             Err(broadcast::error::RecvError::Closed) => None,
         }
     });
     Ok(sse::stream(&req, stream))
-}
-
-fn sse_event(event: &JobEvent) -> Event {
-    Event {
-        id: Some(event.seq.to_string()),
-        event: Some("job".into()),
-        data: json!({"id": event.job.id.to_string(), "name": event.job.name}).to_string(),
-    }
 }
 
 fn poll_event(event: &JobEvent) -> Value {

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use actix::{Actor, Context, Handler, Message, MessageResult};
+use drainer_engine::persistent::sse::Event;
 use drainer_engine::{Census, StopActor};
 use tokio::sync::broadcast;
 
@@ -29,6 +30,16 @@ pub struct JobEvent {
     pub seq: u64,
     /// The job.
     pub job: Job,
+    /// The job as an SSE event, encoded once for every stream.
+    pub sse: Event,
+}
+
+impl JobEvent {
+    fn new(seq: u64, job: Job) -> JobEvent {
+        let data = serde_json::json!({"id": job.id.to_string(), "name": job.name}).to_string();
+        let sse = Event::new(Some(&seq.to_string()), Some("job"), &data);
+        JobEvent { seq, job, sse }
+    }
 }
 
 /// A job was committed.
@@ -91,10 +102,7 @@ impl Handler<Committed> for Feed {
     type Result = ();
 
     fn handle(&mut self, Committed(job): Committed, _: &mut Context<Self>) {
-        let event = Arc::new(JobEvent {
-            seq: self.next_seq,
-            job,
-        });
+        let event = Arc::new(JobEvent::new(self.next_seq, job));
         self.next_seq += 1;
         if self.recent.len() == RECENT {
             self.recent.pop_front();

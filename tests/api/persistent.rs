@@ -291,18 +291,24 @@ fn a_forced_cut_says_goodbye_without_waiting() {
             ("SHUTDOWN_DELAY_MS", "10000"),
             ("WS_CLOSE_TIMEOUT_MS", "10000"),
             ("SHUTDOWN_TIMEOUT_MS", "120000"),
+            ("ADMIN_PORT", "0"),
         ],
     );
-    let mut ws = ws_connect(server.port);
+    let (port, admin) = (server.port, server.admin_port());
+    let mut ws = ws_connect(port);
+    let pending = thread::spawn(move || get(port, "/poll?timeout_ms=30000"));
+    wait_gauge(admin, "long_poll", 1);
     server.signal(libc::SIGINT);
     server.wait_for_log("serving for");
     server.signal(libc::SIGINT);
     assert_eq!(read_close(&mut ws), CloseCode::Away);
+    let told = pending.join().expect("thread");
+    assert_eq!(told.status, 204, "a pending poll is told to go, not cut");
     let (code, _) = server.wait_exit(PATIENCE);
-    assert_eq!(code, 0, "no admitted request was cut");
+    assert_eq!(code, 0, "no admitted request was cut: {}", server.log());
     assert_eq!(
         persistent_fragment(&server.log()),
-        "websocket 0 clean 1 forced, sse 0 clean 0 forced, long_poll 0 clean 0 forced"
+        "websocket 0 clean 1 forced, sse 0 clean 0 forced, long_poll 0 clean 1 forced"
     );
 }
 

@@ -46,6 +46,9 @@ pub(crate) struct Gate {
     cut: AtomicU8,
     /// Admissions so far, counted only while debug logging is on.
     admitted: AtomicU64,
+    /// Of the requests in flight, those parked in a long-poll: answered
+    /// "nothing yet" at a forced cut, so not counted as cut.
+    parked: AtomicUsize,
     /// The published state, which permits watch for the cut.
     state: watch::Receiver<DrainState>,
     /// Told once a closed gate's count reaches zero.
@@ -67,6 +70,7 @@ impl Gate {
             cancelled: AtomicUsize::new(0),
             cut: AtomicU8::new(NO_CUT),
             admitted: AtomicU64::new(0),
+            parked: AtomicUsize::new(0),
             state,
             emptied,
             grace,
@@ -117,6 +121,11 @@ impl Gate {
             2 => Some(CancelReason::ShutdownForced),
             _ => None,
         }
+    }
+
+    /// Requests in flight parked in a long-poll.
+    pub(crate) fn parked(&self) -> usize {
+        self.parked.load(Ordering::Acquire)
     }
 
     pub(crate) fn completed_in_drain(&self) -> usize {
@@ -226,6 +235,12 @@ impl Permit {
         self.gate.recorded_cut()
     }
 
+    /// Parks the request (a pending long-poll) until the guard drops.
+    pub(crate) fn park(&self) -> Parked {
+        self.gate.parked.fetch_add(1, Ordering::AcqRel);
+        Parked(self.gate.clone())
+    }
+
     /// Records that the work stopped at a safe point because it was cancelled.
     pub fn mark_cancelled(&mut self) {
         self.cancelled = true;
@@ -261,6 +276,15 @@ impl fmt::Debug for Permit {
             .field("cancelled", &self.cancelled)
             .field("answered", &self.answered)
             .finish()
+    }
+}
+
+/// A request parked in a long-poll, for as long as it lives.
+pub(crate) struct Parked(Arc<Gate>);
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.0.parked.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

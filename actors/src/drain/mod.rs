@@ -47,6 +47,7 @@ use crate::persistent::Farewell;
 pub use connections::{Close, ConnGuard, ConnId, ConnIds, ConnKind, ConnectionChanged};
 use connections::{ConnectionClosed, ConnectionOpened};
 use gate::Gate;
+pub(crate) use gate::Parked;
 pub use gate::{Admission, Permit};
 pub use state::{CancelReason, DrainState, NotAdmitted, Outcome};
 
@@ -402,7 +403,9 @@ impl DrainCoordinator {
             // and close now (`close_persistent` closes what is left).
             self.bid_farewell(Farewell::Forced);
         }
-        let remaining = self.gate.close();
+        // Parked long-polls are not cut: told `Forced`, they answer "nothing
+        // yet" at once.
+        let remaining = self.gate.close().saturating_sub(self.gate.parked());
         // Whatever the work, a cut means no grace for idle connections.
         self.hurry = true;
         if remaining == 0 {

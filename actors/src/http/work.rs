@@ -103,6 +103,12 @@ impl Work {
         self.set(CANCELLED);
     }
 
+    /// For a long-poll: shielded, and parked (not counted as cut) until the
+    /// guard drops; `None` once the engine has dropped the request.
+    pub(crate) fn park(&self) -> Option<crate::drain::Parked> {
+        self.try_shield().then(|| self.0.permit.park())
+    }
+
     /// For the engine at the cut: drops the request unless it is shielded.
     pub(crate) fn try_drop(&self) -> bool {
         let dropped = self

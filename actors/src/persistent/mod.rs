@@ -128,6 +128,8 @@ impl Default for PersistentSettings {
 pub struct Tally {
     clean: [AtomicUsize; 3],
     forced: [AtomicUsize; 3],
+    /// Open now (what `drainer_persistent_connections` shows).
+    open: [AtomicUsize; 3],
 }
 
 /// One class's line in the report.
@@ -143,6 +145,11 @@ pub struct ClassFigures {
 }
 
 impl Tally {
+    /// How many of `class` are open now.
+    pub fn open(&self, class: Class) -> usize {
+        self.open[class.index()].load(Ordering::Relaxed)
+    }
+
     /// The figures so far, in [`Class::ALL`]'s order.
     pub fn figures(&self) -> [ClassFigures; 3] {
         Class::ALL.map(|class| ClassFigures {
@@ -195,6 +202,7 @@ impl Persistence {
             }
         }
         self.metrics.persistent_open(class, 1);
+        self.tally.open[class.index()].fetch_add(1, Ordering::Relaxed);
         Held {
             class,
             clean: Rc::new(Cell::new(false)),
@@ -237,6 +245,7 @@ impl Drop for Held {
     fn drop(&mut self) {
         let p = &self.persistence;
         p.metrics.persistent_open(self.class, -1);
+        p.tally.open[self.class.index()].fetch_sub(1, Ordering::Relaxed);
         if *p.farewell.borrow() == Farewell::Serving {
             return;
         }

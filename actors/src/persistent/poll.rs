@@ -7,9 +7,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use actix_web::HttpRequest;
+use actix_web::{HttpMessage, HttpRequest};
 
-use super::{goodbye, Class, Persistence};
+use super::{goodbye, Class, Farewell, Persistence};
+use crate::http::Work;
 
 /// How a long-poll ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,11 +37,15 @@ pub async fn long_poll<T>(
         return Polled::Goodbye;
     }
     let held = persistence.hold(req, Class::LongPoll);
+    // Answered "nothing yet" at a forced cut rather than cut: not counted
+    // as cut work (the exit code follows the requests only).
+    let _parked = req.extensions().get::<Work>().and_then(Work::park);
     let mut farewell = persistence.farewell.clone();
     tokio::select! {
         biased;
-        _ = goodbye(&mut farewell) => {
-            held.clean_flag().set(true);
+        farewell = goodbye(&mut farewell) => {
+            // Told to go at the goodbye: clean; at a forced cut: forced.
+            held.clean_flag().set(farewell == Farewell::Goodbye);
             Polled::Goodbye
         }
         ready = wait => Polled::Ready(ready),

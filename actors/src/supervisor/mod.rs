@@ -20,7 +20,7 @@
 //! | `delay` | keeps serving until the delay since the drain began is over | the delay |
 //! | `stop_accepting` | starts the drain deadline, closes the listener, says goodbye to persistent connections | phase timeout |
 //! | `drain` | waits for the work and the connections that carry it | drain timeout + 2 × linger + 500 ms |
-//! | `close_persistent` | waits for the persistent connections, closes those left `WS_CLOSE_TIMEOUT_MS` after the goodbyes | `WS_CLOSE_TIMEOUT_MS` |
+//! | `close_persistent` | waits for the persistent connections, closes those left `WS_CLOSE_TIMEOUT_MS` after the goodbyes | `WS_CLOSE_TIMEOUT_MS` + 100 ms |
 //! | `stop_admin` | stops the admin listener (when there is one) | phase timeout |
 //! | the stop hooks | whatever the application registered | their own |
 //!
