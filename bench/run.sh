@@ -22,9 +22,15 @@
 #               and SIGTERM (the exit status is recorded); built with
 #               cargo build --release -p drainer-engine --example hello  (target/release/examples/hello)
 #               cargo build --release -p bare --bin hello                (target/release/hello)
+#   persistent  bench/persistent.sh, drainer only, BENCH_PERSISTENT_ROUNDS rounds, each
+#               measurement on a fresh server: SIGTERM-to-exit time with 1000 WebSockets,
+#               1000 SSE streams and 1000 pending polls open (all polite, then 100 that
+#               ignore the Close), RSS per idle WebSocket (10,000 open), and POST /work
+#               throughput (wrk -c32) without and with 1000 SSE subscribers; its client is
+#               cargo build --release -p persistent-load (target/release/persistent-load)
 # prints a markdown table of medians and drainer/bare ratios (and one of the hello
-# medians, spreads and engine/httpserver ratios) and writes them into the results
-# section of docs/benchmarks.md.
+# medians, spreads and engine/httpserver ratios, and the persistent section's) and writes
+# them into the results section of docs/benchmarks.md.
 #
 # Environment (all optional):
 #   BENCH_ROUNDS=3 BENCH_SECONDS=10 BENCH_WARMUP=2 BENCH_EXIT_RUNS=20
@@ -35,11 +41,20 @@
 #                                            build; prints its table, leaves the docs alone)
 #   BENCH_HELLO_ROUNDS=3                     hello rounds per build
 #   BENCH_HELLO_SECONDS=$BENCH_SECONDS       wrk duration per hello round
+#   BENCH_PERSISTENT=1                       0: skip the persistent section; only: run the
+#                                            persistent section alone (drainer and
+#                                            persistent-load builds and PostgreSQL, no bare
+#                                            build, no hello; prints its table and rewrites
+#                                            only its part of the docs' results section)
+#   BENCH_PERSISTENT_ROUNDS=3                rounds of each persistent measurement
 #   BENCH_WRITE_DOCS=1                       0: do not touch docs/benchmarks.md
 #   BENCH_OUT=<dir>                          keep wrk outputs and server logs there
 # Quick smoke run: BENCH_ROUNDS=1 BENCH_SECONDS=2 BENCH_WARMUP=1 BENCH_EXIT_RUNS=3 bench/run.sh
 # Hello section alone: BENCH_HELLO=only bench/run.sh
 #   (smoke: BENCH_HELLO=only BENCH_HELLO_ROUNDS=1 BENCH_SECONDS=2 BENCH_WARMUP=1 bench/run.sh)
+# Persistent section alone: BENCH_PERSISTENT=only bench/run.sh
+#   (smoke: BENCH_PERSISTENT=only BENCH_PERSISTENT_ROUNDS=1 BENCH_SECONDS=3 bench/run.sh;
+#   without the driver: scripts/with-postgres.sh bash bench/persistent.sh)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -65,6 +80,8 @@ hello=${BENCH_HELLO:-1}
 hello_rounds=${BENCH_HELLO_ROUNDS:-3}
 hello_duration=${BENCH_HELLO_SECONDS:-$duration}
 hello_conns=64
+persistent=${BENCH_PERSISTENT:-1}
+persistent_rounds=${BENCH_PERSISTENT_ROUNDS:-3}
 posint BENCH_ROUNDS "$rounds"
 posint BENCH_SECONDS "$duration"
 posint BENCH_EXIT_RUNS "$exit_runs"
@@ -81,6 +98,18 @@ posint BENCH_HELLO_SECONDS "$hello_duration"
 # The hello section alone: no drainer or bare build, so every section that loops
 # over $builds (throughput, exit latency, stdin) does nothing.
 [ "$hello" != only ] || builds=
+case $persistent in 0 | 1 | only) ;; *) die "BENCH_PERSISTENT must be 0, 1 or only, got '$persistent'" ;; esac
+posint BENCH_PERSISTENT_ROUNDS "$persistent_rounds"
+if [ "$hello" = only ] && [ "$persistent" = only ]; then
+    die "BENCH_HELLO=only and BENCH_PERSISTENT=only exclude each other"
+fi
+[ "$hello" != only ] || persistent=0
+# The persistent section alone: no bare build and no hello section; the sections that
+# loop over $builds do nothing (the persistent section finds the drainer binary itself).
+if [ "$persistent" = only ]; then
+    builds=
+    hello=0
+fi
 
 # --- tools and binaries (done once, before a database is started) -------------------
 if [ -z "${_BENCH_PREPARED:-}" ]; then
@@ -98,6 +127,10 @@ if [ -z "${_BENCH_PREPARED:-}" ]; then
     if [ "$hello" != only ]; then
         pkgs=()
         for b in $builds; do pkgs+=(-p "$b"); done
+        if [ "$persistent" != 0 ]; then
+            [[ " $builds " == *" drainer "* ]] || pkgs+=(-p drainer)
+            pkgs+=(-p persistent-load)
+        fi
         say "cargo build --release ${pkgs[*]}"
         cargo build --release "${pkgs[@]}"
     fi
@@ -112,6 +145,7 @@ fi
 
 # --- database (not for the hello section alone) --------------------------------------
 if [ "$hello" != only ] && [ -z "${DATABASE_URL:-}" ]; then
+    # shellcheck disable=SC2015 # (die when either test fails)
     [ -z "${_BENCH_UNDER_PG:-}" ] && [ -f scripts/with-postgres.sh ] ||
         die "DATABASE_URL is not set and scripts/with-postgres.sh did not provide one"
     say "no DATABASE_URL: starting a throwaway PostgreSQL via scripts/with-postgres.sh"
@@ -253,6 +287,14 @@ if [ "$hello" != 0 ]; then
     done
 fi
 
+# --- persistent connections: drain, idle memory, SSE fan-out (bench/persistent.sh) ----
+if [ "$persistent" != 0 ]; then
+    say "persistent connections: $persistent_rounds round(s) of bench/persistent.sh"
+    BENCH_OUT=$out BENCH_PERSISTENT_ROUNDS=$persistent_rounds BENCH_SECONDS=$duration \
+        BENCH_WARMUP=$warmup BENCH_THREADS=$threads bash bench/persistent.sh >"$out/persistent.md" ||
+        die "bench/persistent.sh failed (raw outputs and logs: $out/persistent)"
+fi
+
 # --- report ------------------------------------------------------------------------
 mem_kib=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo 2>/dev/null || true)
 cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
@@ -266,11 +308,12 @@ else
     BENCH_COMMIT="none yet"
 fi
 export BENCH_OVERRIDES
-BENCH_OVERRIDES=$(env | grep -E '^BENCH_(ROUNDS|SECONDS|WARMUP|EXIT_RUNS|THREADS|CONNECTIONS|BUILDS|HELLO_ROUNDS|HELLO_SECONDS)=' | sort | tr '\n' ' ' || true)
+BENCH_OVERRIDES=$(env | grep -E '^BENCH_(ROUNDS|SECONDS|WARMUP|EXIT_RUNS|THREADS|CONNECTIONS|BUILDS|HELLO_ROUNDS|HELLO_SECONDS|PERSISTENT_ROUNDS)=' | sort | tr '\n' ' ' || true)
 export BENCH_HELLO_PARAMS
 BENCH_HELLO_PARAMS="$hello_rounds interleaved rounds per build (engine, httpserver, engine, ...), each on a fresh server, of \`wrk -t$((threads < hello_conns ? threads : hello_conns)) -c$hello_conns -d${hello_duration}s --latency 'http://127.0.0.1:<port>/?delay_ms=0'\` after a ${warmup} s warm-up"
 
-BENCH_CONNS="$conns_list" _HELLO_MODE="$hello" _HELLO_ROUNDS="$hello_rounds" \
+# shellcheck disable=SC2086 # ($builds is a list of words)
+BENCH_CONNS="$conns_list" _HELLO_MODE="$hello" _HELLO_ROUNDS="$hello_rounds" _PERSISTENT_MODE="$persistent" \
     python3 - "$out" "$rounds" "$write_docs" $builds <<'PY'
 import json, os, re, statistics, sys
 
@@ -383,6 +426,46 @@ def hello_report():
         *([""] + notes if notes else []),
     ])
     return text
+
+DOC_PATH = "docs/benchmarks.md"
+RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
+PERSISTENT_START, PERSISTENT_END = "<!-- persistent:start -->", "<!-- persistent:end -->"
+
+def persistent_block():
+    """The persistent section's text (bench/persistent.sh's output) between its own markers."""
+    with open(f"{out}/persistent.md") as fh:
+        return f"{PERSISTENT_START}\n{fh.read().strip()}\n{PERSISTENT_END}\n"
+
+if os.environ["_PERSISTENT_MODE"] == "only":
+    overrides = os.environ.get("BENCH_OVERRIDES", "").strip()
+    overrides = f", overridden by `{overrides}` (not comparable with the targets)" if overrides else ""
+    header = (f"Recorded on {os.environ['BENCH_DATE']} (commit: {os.environ['BENCH_COMMIT']}) with "
+              f"`BENCH_PERSISTENT=only bash bench/run.sh`{overrides}; machine: {os.environ['BENCH_MACHINE']}.")
+    with open(f"{out}/persistent.md") as fh:
+        text = fh.read().strip()
+    print(f"\n{header}\n\n{text}")
+    if write_docs:
+        # Only the persistent part of the results section: the rest of it stays as recorded.
+        block = f"{PERSISTENT_START}\n{header}\n\n{text}\n{PERSISTENT_END}"
+        try:
+            with open(DOC_PATH) as fh:
+                doc = fh.read()
+        except FileNotFoundError:
+            doc = "# Benchmarks\n"
+        rs = doc.find(RESULTS_START)
+        re_ = doc.find(RESULTS_END, rs) if rs >= 0 else -1
+        ps = doc.find(PERSISTENT_START, rs) if rs >= 0 else -1
+        pe = doc.find(PERSISTENT_END, ps) if ps >= 0 else -1
+        if rs >= 0 and re_ >= 0 and 0 <= ps < pe < re_:
+            doc = doc[:ps] + block + doc[pe + len(PERSISTENT_END):]
+        elif rs >= 0 and re_ >= 0:
+            doc = doc[:re_] + block + "\n" + doc[re_:]
+        else:
+            doc = doc.rstrip("\n") + f"\n\n{RESULTS_START}\n## Results\n\n{block}\n{RESULTS_END}\n"
+        with open(DOC_PATH, "w") as fh:
+            fh.write(doc)
+        print(f"\nwrote the persistent part of the results section of {DOC_PATH}")
+    sys.exit(0)
 
 if os.environ["_HELLO_MODE"] == "only":
     text = hello_report()
@@ -514,6 +597,9 @@ overrides = f", overridden by `{overrides}` (not comparable with the targets)" i
 hello_text = ""
 if os.environ["_HELLO_MODE"] == "1":
     hello_text = "\n" + hello_report() + "\n"
+persistent_text = ""
+if os.environ["_PERSISTENT_MODE"] == "1":
+    persistent_text = "\n" + persistent_block()
 
 section = f"""## Results
 
@@ -529,15 +615,18 @@ Per round:
 {chr(10).join(detail)}
 
 {chr(10).join(notes)}
-{hello_text}"""
+{hello_text}{persistent_text}"""
 print("\n" + table + "\n" + stdin_table)
 print("\n".join(notes))
 if hello_text:
     print(hello_text)
+if persistent_text:
+    with open(f"{out}/persistent.md") as fh:
+        print("\n" + fh.read().strip())
 
 if write_docs:
-    path = "docs/benchmarks.md"
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    path = DOC_PATH
+    start, end = RESULTS_START, RESULTS_END
     block = f"{start}\n{section}{end}"
     try:
         with open(path) as fh:
