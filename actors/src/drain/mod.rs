@@ -840,6 +840,14 @@ mod tests {
             let id = self.ids.borrow_mut().next_id();
             ConnGuard::register(&self.coordinator, id)
         }
+        /// Every report of a drain that completed and whose connections all closed.
+        fn settled() -> Vec<DrainReport> {
+            vec![
+                Harness::done(Outcome::Drained, 0),
+                DrainReport::Quiet,
+                DrainReport::Settled,
+            ]
+        }
         /// The drain's end as the coordinator reports it.
         fn done(outcome: Outcome, completed: usize) -> DrainReport {
             DrainReport::WorkDone(WorkDone { outcome, completed })
@@ -956,11 +964,7 @@ mod tests {
         h.settle().await;
         assert_eq!(
             h.reports(),
-            vec![
-                Harness::done(Outcome::Drained, 0),
-                DrainReport::Quiet,
-                DrainReport::Settled
-            ]
+            Harness::settled()
         );
     }
 
@@ -1030,11 +1034,7 @@ mod tests {
         h.settle().await;
         assert_eq!(
             h.reports(),
-            vec![
-                Harness::done(Outcome::Drained, 0),
-                DrainReport::Quiet,
-                DrainReport::Settled
-            ]
+            Harness::settled()
         );
     }
 
@@ -1047,11 +1047,7 @@ mod tests {
         h.settle().await;
         assert_eq!(
             h.reports(),
-            vec![
-                Harness::done(Outcome::Drained, 0),
-                DrainReport::Quiet,
-                DrainReport::Settled
-            ]
+            Harness::settled()
         );
     }
 
@@ -1107,11 +1103,7 @@ mod tests {
         // Drained, not cut: the deadline timer was disarmed.
         assert_eq!(
             h.reports(),
-            vec![
-                Harness::done(Outcome::Drained, 0),
-                DrainReport::Quiet,
-                DrainReport::Settled
-            ]
+            Harness::settled()
         );
     }
 
@@ -1229,11 +1221,7 @@ mod tests {
         h.settle().await;
         assert_eq!(
             h.reports(),
-            vec![
-                Harness::done(Outcome::Drained, 0),
-                DrainReport::Quiet,
-                DrainReport::Settled
-            ]
+            Harness::settled()
         );
     }
 
@@ -1329,11 +1317,7 @@ mod tests {
         assert_eq!(close.try_recv(), Ok(Close::Now));
         assert_eq!(
             h.reports(),
-            vec![
-                Harness::done(Outcome::Drained, 0),
-                DrainReport::Quiet,
-                DrainReport::Settled
-            ]
+            Harness::settled()
         );
     }
 
@@ -1356,11 +1340,7 @@ mod tests {
         assert_eq!(close.try_recv(), Ok(Close::Now));
         assert_eq!(
             h.reports(),
-            vec![
-                Harness::done(Outcome::Drained, 0),
-                DrainReport::Quiet,
-                DrainReport::Settled
-            ]
+            Harness::settled()
         );
     }
 }

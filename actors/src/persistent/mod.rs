@@ -146,7 +146,7 @@ pub struct ClassFigures {
 
 impl Tally {
     /// How many of `class` are open now.
-    pub fn open(&self, class: Class) -> usize {
+    pub(crate) fn open(&self, class: Class) -> usize {
         self.open[class.index()].load(Ordering::Relaxed)
     }
 
