@@ -44,12 +44,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
 prog=bench/persistent.sh
+# shellcheck source=bench/common.sh
+. bench/common.sh
 
-die() {
-    echo "$prog: $*" >&2
-    exit 1
-}
-say() { echo "== $*" >&2; }
 
 # wait -n -p (bash 5.1) times the server's exit; /proc gives its memory.
 if ((BASH_VERSINFO[0] < 5 || (BASH_VERSINFO[0] == 5 && BASH_VERSINFO[1] < 1))); then
@@ -57,7 +54,6 @@ if ((BASH_VERSINFO[0] < 5 || (BASH_VERSINFO[0] == 5 && BASH_VERSINFO[1] < 1))); 
 fi
 [ -r /proc/self/status ] || die "needs Linux (/proc/PID/status for the server's VmRSS)"
 
-posint() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 must be a positive integer, got '$2'"; }
 rounds=${BENCH_PERSISTENT_ROUNDS:-3}
 duration=${BENCH_SECONDS:-10}
 warmup=${BENCH_WARMUP:-2}
@@ -79,16 +75,7 @@ wrk_threads=$((threads < conns ? threads : conns))
 if [ -z "${_BENCH_PREPARED:-}" ]; then
     command -v python3 >/dev/null || die "python3 is required"
     command -v psql >/dev/null || die "psql is required (Debian/Ubuntu: apt-get install postgresql-client)"
-    if ! command -v wrk >/dev/null; then
-        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-            say "installing wrk"
-            export DEBIAN_FRONTEND=noninteractive
-            apt-get install -y wrk >/dev/null || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; } ||
-                die "apt-get install wrk failed"
-        else
-            die "wrk not found: install it (Debian/Ubuntu: sudo apt-get install wrk; macOS: brew install wrk) and re-run"
-        fi
-    fi
+    need_wrk
     say "cargo build --release -p drainer -p persistent-load"
     cargo build --release -p drainer -p persistent-load
     export _BENCH_PREPARED=1
@@ -96,13 +83,7 @@ fi
 
 # --- database ------------------------------------------------------------------------
 if [ -z "${DATABASE_URL:-}" ]; then
-    if [ -n "${_BENCH_UNDER_PG:-}" ] || [ ! -f scripts/with-postgres.sh ]; then
-        die "DATABASE_URL is not set and scripts/with-postgres.sh did not provide one"
-    fi
-    say "no DATABASE_URL: starting a throwaway PostgreSQL via scripts/with-postgres.sh"
-    export _BENCH_UNDER_PG=1
-    export PG_DURABLE=${PG_DURABLE:-1}
-    exec bash scripts/with-postgres.sh "$root/bench/persistent.sh" "$@"
+    under_postgres "$root/bench/persistent.sh" "$@"
 fi
 
 target_dir=${CARGO_TARGET_DIR:-$root/target}
@@ -123,23 +104,6 @@ say "persistent: raw outputs and logs: $pout"
 # --- processes -------------------------------------------------------------------------
 server_pid=
 clients=() # load clients still to be reaped
-stop_server() { # SIGTERM, wait up to 40 s, then SIGKILL; sets server_rc
-    local pid=$server_pid i
-    server_rc=
-    [ -n "$pid" ] || return 0
-    server_pid=
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 400; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        echo "$prog: server $pid still running 40 s after SIGTERM, killing it" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    server_rc=0
-    wait "$pid" 2>/dev/null || server_rc=$?
-}
 cleanup() {
     local pid
     for pid in "${clients[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
@@ -151,9 +115,6 @@ trap 'cleanup' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 start_drainer() { # $1 port, $2 log file, then NAME=value ... for its environment; sets server_pid
     local port=$1 log=$2 i
@@ -201,17 +162,9 @@ wait_ready() { # $1 ready file, $2 client log, $3 seconds: the client creates it
 }
 
 reap_client() { # $1 seconds to wait for client_pid to exit (SIGKILL past it); sets client_rc
-    local pid=$client_pid limit=$1 i
-    for ((i = 0; i < limit * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        echo "$prog: persistent-load $pid still running after $limit s, killing it" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    client_rc=0
-    wait "$pid" 2>/dev/null || client_rc=$?
+    local pid=$client_pid
+    reap "$pid" "$1" persistent-load
+    client_rc=$reaped_rc
     local kept=() p
     for p in "${clients[@]}"; do [ "$p" = "$pid" ] || kept+=("$p"); done
     clients=("${kept[@]}")

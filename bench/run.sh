@@ -60,14 +60,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
 prog=bench/run.sh
+# shellcheck source=bench/common.sh
+. bench/common.sh
 
-die() {
-    echo "$prog: $*" >&2
-    exit 1
-}
-say() { echo "== $*" >&2; }
 
-posint() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 must be a positive integer, got '$2'"; }
 rounds=${BENCH_ROUNDS:-3}
 duration=${BENCH_SECONDS:-10}
 warmup=${BENCH_WARMUP:-2}
@@ -114,16 +110,7 @@ fi
 # --- tools and binaries (done once, before a database is started) -------------------
 if [ -z "${_BENCH_PREPARED:-}" ]; then
     command -v python3 >/dev/null || die "python3 is required"
-    if ! command -v wrk >/dev/null; then
-        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-            say "installing wrk"
-            export DEBIAN_FRONTEND=noninteractive
-            apt-get install -y wrk >/dev/null || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; } ||
-                die "apt-get install wrk failed"
-        else
-            die "wrk not found: install it (Debian/Ubuntu: sudo apt-get install wrk; macOS: brew install wrk) and re-run"
-        fi
-    fi
+    need_wrk
     if [ "$hello" != only ]; then
         pkgs=()
         for b in $builds; do pkgs+=(-p "$b"); done
@@ -145,14 +132,7 @@ fi
 
 # --- database (not for the hello section alone) --------------------------------------
 if [ "$hello" != only ] && [ -z "${DATABASE_URL:-}" ]; then
-    # shellcheck disable=SC2015 # (die when either test fails)
-    [ -z "${_BENCH_UNDER_PG:-}" ] && [ -f scripts/with-postgres.sh ] ||
-        die "DATABASE_URL is not set and scripts/with-postgres.sh did not provide one"
-    say "no DATABASE_URL: starting a throwaway PostgreSQL via scripts/with-postgres.sh"
-    export _BENCH_UNDER_PG=1
-    # Durable (fsync and synchronous commits on): a commit costs what it costs.
-    export PG_DURABLE=${PG_DURABLE:-1}
-    exec bash scripts/with-postgres.sh "$root/bench/run.sh" "$@"
+    under_postgres "$root/bench/run.sh" "$@"
 fi
 
 target_dir=${CARGO_TARGET_DIR:-$root/target}
@@ -174,30 +154,10 @@ say "raw outputs and server logs: $out"
 
 # --- server lifecycle --------------------------------------------------------------
 server_pid=
-stop_server() { # SIGTERM, wait up to 40 s, then SIGKILL; sets server_rc
-    local pid=$server_pid i
-    server_rc=
-    [ -n "$pid" ] || return 0
-    server_pid=
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 400; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        echo "$prog: server $pid still running 40 s after SIGTERM, killing it" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    server_rc=0
-    wait "$pid" 2>/dev/null || server_rc=$?
-}
 trap 'stop_server' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 start_server() { # $1 build, $2 port, $3 log file, then NAME=value ... for its environment
     local build=$1 port=$2 log=$3 i

@@ -962,10 +962,7 @@ mod tests {
         assert_eq!(h.admit().await.unwrap_err(), NotAdmitted);
         drop(kept_alive);
         h.settle().await;
-        assert_eq!(
-            h.reports(),
-            Harness::settled()
-        );
+        assert_eq!(h.reports(), Harness::settled());
     }
 
     /// Persistent connections never hold the drain: they are told goodbye as
@@ -1032,10 +1029,7 @@ mod tests {
         );
         h.listener_closed(Duration::from_millis(100)).await;
         h.settle().await;
-        assert_eq!(
-            h.reports(),
-            Harness::settled()
-        );
+        assert_eq!(h.reports(), Harness::settled());
     }
 
     #[actix_rt::test]
@@ -1045,10 +1039,7 @@ mod tests {
         h.arm_deadline(Duration::from_secs(30)).await;
         h.listener_closed(Duration::from_millis(100)).await;
         h.settle().await;
-        assert_eq!(
-            h.reports(),
-            Harness::settled()
-        );
+        assert_eq!(h.reports(), Harness::settled());
     }
 
     #[actix_rt::test]
@@ -1101,10 +1092,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         h.settle().await;
         // Drained, not cut: the deadline timer was disarmed.
-        assert_eq!(
-            h.reports(),
-            Harness::settled()
-        );
+        assert_eq!(h.reports(), Harness::settled());
     }
 
     #[actix_rt::test]
@@ -1219,10 +1207,7 @@ mod tests {
         // The busy connection closes itself after its answer.
         drop(busy);
         h.settle().await;
-        assert_eq!(
-            h.reports(),
-            Harness::settled()
-        );
+        assert_eq!(h.reports(), Harness::settled());
     }
 
     #[actix_rt::test]
@@ -1315,10 +1300,7 @@ mod tests {
         h.cut(CancelReason::ShutdownForced).await;
         h.settle().await;
         assert_eq!(close.try_recv(), Ok(Close::Now));
-        assert_eq!(
-            h.reports(),
-            Harness::settled()
-        );
+        assert_eq!(h.reports(), Harness::settled());
     }
 
     /// Its answer was written with `Connection: close`, and its client reads
@@ -1338,9 +1320,6 @@ mod tests {
         tokio::time::sleep(LINGER + Duration::from_millis(1)).await;
         h.settle().await;
         assert_eq!(close.try_recv(), Ok(Close::Now));
-        assert_eq!(
-            h.reports(),
-            Harness::settled()
-        );
+        assert_eq!(h.reports(), Harness::settled());
     }
 }

@@ -30,6 +30,28 @@ pub async fn write_get(
 }
 
 /// A response head.
+/// Sends a GET for `path` and reads the head, which must have `status`:
+/// the stream, the head, and the body bytes read along with it. An error
+/// is a reason, as the reports name them.
+pub async fn open(
+    addr: &str,
+    path: &str,
+    extra_headers: &str,
+    status: u16,
+) -> Result<(TcpStream, Head, Vec<u8>), String> {
+    let mut stream = get(addr, path, extra_headers)
+        .await
+        .map_err(|e| crate::support::io_reason(&e))?;
+    let mut buf = Vec::new();
+    let head = read_head(&mut stream, &mut buf)
+        .await
+        .map_err(|e| crate::support::io_reason(&e))?;
+    if head.status != status {
+        return Err(format!("status_{}", head.status));
+    }
+    Ok((stream, head, buf))
+}
+
 pub struct Head {
     pub status: u16,
     headers: Vec<(String, String)>,

@@ -22,16 +22,7 @@ pub struct Subscriber {
 /// Sends `GET /events` and confirms a 200 head.
 pub async fn open(addr: &str) -> Result<Subscriber, String> {
     let headers = "Accept: text/event-stream\r\nCache-Control: no-cache\r\n";
-    let mut stream = http::get(addr, "/events", headers)
-        .await
-        .map_err(|e| io_reason(&e))?;
-    let mut buf = Vec::new();
-    let head = http::read_head(&mut stream, &mut buf)
-        .await
-        .map_err(|e| io_reason(&e))?;
-    if head.status != 200 {
-        return Err(format!("status_{}", head.status));
-    }
+    let (stream, head, buf) = http::open(addr, "/events", headers, 200).await?;
     let chunked = head.is_chunked().then(Chunked::default);
     Ok(Subscriber {
         stream,

@@ -25,16 +25,7 @@ pub struct Ignoring {
 }
 
 pub async fn open(addr: &str) -> Result<Ignoring, String> {
-    let mut stream = http::get(addr, "/ws", UPGRADE)
-        .await
-        .map_err(|e| io_reason(&e))?;
-    let mut buf = Vec::new();
-    let head = http::read_head(&mut stream, &mut buf)
-        .await
-        .map_err(|e| io_reason(&e))?;
-    if head.status != 101 {
-        return Err(format!("status_{}", head.status));
-    }
+    let (stream, _, buf) = http::open(addr, "/ws", UPGRADE, 101).await?;
     Ok(Ignoring { stream, buf })
 }
 

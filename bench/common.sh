@@ -1,0 +1,64 @@
+# Shell helpers shared by bench/run.sh and bench/persistent.sh (sourced; each
+# sets $prog, its own name, first).
+# shellcheck shell=bash disable=SC2154,SC2034 # ($prog is the caller's; server_rc and reaped_rc are for it)
+
+die() {
+    echo "$prog: $*" >&2
+    exit 1
+}
+say() { echo "== $*" >&2; }
+
+posint() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 must be a positive integer, got '$2'"; }
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# reap PID SECONDS WHAT: waits up to SECONDS for the child PID to exit, kills
+# it (SIGKILL, saying so) past that; sets reaped_rc to its exit status.
+reap() {
+    local pid=$1 limit=$2 what=$3 i
+    for ((i = 0; i < limit * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "$prog: $what $pid still running after $limit s, killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    reaped_rc=0
+    wait "$pid" 2>/dev/null || reaped_rc=$?
+}
+
+stop_server() { # SIGTERM server_pid, wait up to 40 s, then SIGKILL; sets server_rc
+    local pid=$server_pid
+    server_rc=
+    [ -n "$pid" ] || return 0
+    server_pid=
+    kill -TERM "$pid" 2>/dev/null || true
+    reap "$pid" 40 "server (after SIGTERM)"
+    server_rc=$reaped_rc
+}
+
+need_wrk() { # installs wrk with apt-get when it is missing and we are root; else says how
+    command -v wrk >/dev/null && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        say "installing wrk"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y wrk >/dev/null || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; } ||
+            die "apt-get install wrk failed"
+    else
+        die "wrk not found: install it (Debian/Ubuntu: sudo apt-get install wrk; macOS: brew install wrk) and re-run"
+    fi
+}
+
+under_postgres() { # SCRIPT ARGS...: runs SCRIPT again under a throwaway PostgreSQL (no return)
+    if [ -n "${_BENCH_UNDER_PG:-}" ] || [ ! -f scripts/with-postgres.sh ]; then
+        die "DATABASE_URL is not set and scripts/with-postgres.sh did not provide one"
+    fi
+    say "no DATABASE_URL: starting a throwaway PostgreSQL via scripts/with-postgres.sh"
+    export _BENCH_UNDER_PG=1
+    # Durable (fsync and synchronous commits on): a commit costs what it costs.
+    export PG_DURABLE=${PG_DURABLE:-1}
+    exec bash scripts/with-postgres.sh bash "$@"
+}
