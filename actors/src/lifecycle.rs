@@ -254,21 +254,6 @@ impl Lifecycle {
                 "shutdown.phase.duration_ms",
                 i64::try_from(took.as_millis()).unwrap_or(i64::MAX),
             ));
-            if phase.name == crate::supervisor::phase::CLOSE_PERSISTENT {
-                // How the persistent connections ended, per class.
-                for p in report(&records).persistent {
-                    let class = p.class.as_str();
-                    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-                    span.set_attribute(KeyValue::new(
-                        format!("shutdown.persistent.{class}.clean"),
-                        count(p.clean),
-                    ));
-                    span.set_attribute(KeyValue::new(
-                        format!("shutdown.persistent.{class}.forced"),
-                        count(p.forced),
-                    ));
-                }
-            }
             if failed {
                 warn!(
                     "shutdown phase {}: {result} after {} ms; going on",
@@ -296,6 +281,20 @@ impl Lifecycle {
         }
         if held {
             wait_for_exit(&mut control).await;
+        }
+        // How the persistent connections ended, per class.
+        for p in report(&records).persistent {
+            let class = p.class.as_str();
+            let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+            let span = trace.span();
+            span.set_attribute(KeyValue::new(
+                format!("shutdown.persistent.{class}.clean"),
+                count(p.clean),
+            ));
+            span.set_attribute(KeyValue::new(
+                format!("shutdown.persistent.{class}.forced"),
+                count(p.forced),
+            ));
         }
         trace.span().end();
         records

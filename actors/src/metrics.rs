@@ -15,7 +15,9 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use crate::persistent::Class;
+/// Every value of the persistent families' `class` label (see
+/// `persistent::Class`).
+pub const PERSISTENT_CLASSES: [&str; 3] = ["websocket", "sse", "long_poll"];
 
 /// Every value of `drainer_client_timeouts_total{reason}`: a request head
 /// or body not received within `CLIENT_REQUEST_TIMEOUT_MS`, or a client that
@@ -132,11 +134,11 @@ impl Metrics {
             &["class"],
         )
         .expect("valid metric");
-        for class in Class::ALL {
-            persistent_open.with_label_values(&[class.as_str()]);
-            persistent_forced.with_label_values(&[class.as_str()]);
+        for class in PERSISTENT_CLASSES {
+            persistent_open.with_label_values(&[class]);
+            persistent_forced.with_label_values(&[class]);
         }
-        persistent_dropped.with_label_values(&[Class::Sse.as_str()]);
+        persistent_dropped.with_label_values(&["sse"]);
         let families = Families {
             registry,
             in_flight,
@@ -232,27 +234,21 @@ impl Metrics {
     }
 
     /// A persistent connection of `class` opened (`+1`) or closed (`-1`).
-    pub(crate) fn persistent_open(&self, class: Class, delta: i64) {
+    pub(crate) fn persistent_open(&self, class: &str, delta: i64) {
         self.0
             .persistent_open
-            .with_label_values(&[class.as_str()])
+            .with_label_values(&[class])
             .add(delta);
     }
 
     /// A persistent connection of `class` was closed by force.
-    pub(crate) fn persistent_forced(&self, class: Class) {
-        self.0
-            .persistent_forced
-            .with_label_values(&[class.as_str()])
-            .inc();
+    pub(crate) fn persistent_forced(&self, class: &str) {
+        self.0.persistent_forced.with_label_values(&[class]).inc();
     }
 
     /// A persistent connection of `class` was dropped for falling behind.
-    pub(crate) fn persistent_dropped(&self, class: Class) {
-        self.0
-            .persistent_dropped
-            .with_label_values(&[class.as_str()])
-            .inc();
+    pub(crate) fn persistent_dropped(&self, class: &str) {
+        self.0.persistent_dropped.with_label_values(&[class]).inc();
     }
 
     /// A shutdown phase began.

@@ -8,9 +8,10 @@ use actix::{Addr, Message, Recipient};
 use tokio::sync::watch;
 
 use crate::census::Census;
+use crate::drain::Farewell;
 use crate::drain::{Admission, DrainCoordinator, DrainState};
 use crate::metrics::Metrics;
-use crate::persistent::{Farewell, PersistentSettings, Tally};
+use crate::persistent::settings::{PersistentSettings, Tally};
 use crate::supervisor::Supervisor;
 
 /// What a transport needs from the engine.

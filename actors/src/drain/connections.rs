@@ -36,6 +36,47 @@ pub enum Close {
     Now,
 }
 
+/// The kinds of persistent connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    /// An upgraded WebSocket.
+    WebSocket,
+    /// A server-sent events stream.
+    Sse,
+    /// A pending long-poll.
+    LongPoll,
+}
+
+impl Class {
+    /// Every class, in the order reports list them.
+    pub const ALL: [Class; 3] = [Class::WebSocket, Class::Sse, Class::LongPoll];
+
+    /// Its `class` label and its name in reports.
+    pub fn as_str(self) -> &'static str {
+        crate::metrics::PERSISTENT_CLASSES[self.index()]
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Class::WebSocket => 0,
+            Class::Sse => 1,
+            Class::LongPoll => 2,
+        }
+    }
+}
+
+/// One class's line in the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassFigures {
+    /// Which class.
+    pub class: Class,
+    /// Closed cleanly after the goodbye (a WebSocket's close handshake, an
+    /// SSE stream's goodbye written, a poll answered).
+    pub clean: usize,
+    /// Closed by force (no Close reply in time, a forced cut).
+    pub forced: usize,
+}
+
 /// What a connection is carrying, as far as the drain is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnKind {
@@ -48,7 +89,7 @@ pub enum ConnKind {
     /// A persistent connection (a WebSocket, an SSE stream): it carries no
     /// other request; its goodbye comes as the listener closes and the
     /// `close_persistent` phase waits for it.
-    Persistent(crate::persistent::Class),
+    Persistent(Class),
 }
 
 /// Sent by [`ConnGuard::register`]: a connection was accepted.

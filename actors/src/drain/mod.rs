@@ -43,13 +43,14 @@ use tokio::sync::{mpsc, watch};
 use crate::census::Census;
 use crate::lifecycle::StopActor;
 use crate::metrics::Metrics;
-use crate::persistent::Farewell;
-pub use connections::{Close, ConnGuard, ConnId, ConnIds, ConnKind, ConnectionChanged};
+pub use connections::{
+    Class, ClassFigures, Close, ConnGuard, ConnId, ConnIds, ConnKind, ConnectionChanged,
+};
 use connections::{ConnectionClosed, ConnectionOpened};
 use gate::Gate;
 pub(crate) use gate::Parked;
 pub use gate::{Admission, Permit};
-pub use state::{CancelReason, DrainState, NotAdmitted, Outcome};
+pub use state::{CancelReason, DrainState, Farewell, NotAdmitted, Outcome};
 
 /// After a cut and the linger, how long cancelled work that had passed its
 /// safe point still has to say how its cancel went — a database write is
@@ -974,13 +975,9 @@ mod tests {
         let farewell = h.farewell.clone();
         let (socket, mut socket_close) = h.connect();
         let (stream, mut stream_close) = h.connect();
-        h.change(
-            &socket,
-            ConnKind::Persistent(crate::persistent::Class::WebSocket),
-        )
-        .await;
-        h.change(&stream, ConnKind::Persistent(crate::persistent::Class::Sse))
+        h.change(&socket, ConnKind::Persistent(Class::WebSocket))
             .await;
+        h.change(&stream, ConnKind::Persistent(Class::Sse)).await;
         h.begin_drain().await;
         h.arm_deadline(Duration::from_secs(30)).await;
         assert_eq!(

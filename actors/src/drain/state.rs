@@ -118,3 +118,16 @@ impl DrainState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("server_shutting_down")]
 pub struct NotAdmitted;
+
+/// What persistent connections are told, published by the DrainCoordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Farewell {
+    /// Serve as usual (also during `SHUTDOWN_DELAY_MS`).
+    Serving,
+    /// The listener has closed: say goodbye (a WebSocket waits for its
+    /// client's Close reply, counted from its own goodbye).
+    Goodbye,
+    /// Close now without waiting for any reply: a forced cut, or the end of
+    /// `close_persistent`.
+    Forced,
+}

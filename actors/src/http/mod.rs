@@ -24,9 +24,8 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App};
 use tokio::sync::watch;
 
-use crate::drain::{Admission, DrainState};
+use crate::drain::{Admission, ConnectionChanged, DrainState};
 use crate::metrics::Metrics;
-use crate::persistent::Persistence;
 pub use error::EngineError;
 pub use probes::{Probes, ReadinessCheck};
 pub use work::Work;
@@ -45,7 +44,8 @@ pub(crate) struct EngineData {
     pub on_engine_answer: Option<OnEngineAnswer>,
     pub client_request_timeout: Duration,
     pub metrics: Metrics,
-    pub persistence: Persistence,
+    /// Where a connection's change of kind is told (`Connection: close`).
+    pub changed: actix::Recipient<ConnectionChanged>,
 }
 
 /// What an `App<T>` is built from: the service factory `App::new()` and its

@@ -129,7 +129,7 @@ fn close_connection<B>(res: &mut ServiceResponse<B>, data: &EngineData) {
         .head_mut()
         .set_connection_type(ConnectionType::Close);
     if let Some(&id) = res.request().conn_data::<ConnId>() {
-        data.persistence.changed.do_send(ConnectionChanged {
+        data.changed.do_send(ConnectionChanged {
             id,
             kind: ConnKind::Closing,
         });

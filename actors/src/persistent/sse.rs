@@ -235,7 +235,9 @@ impl Sse {
 
     /// The client fell too far behind: the stream ends, counted.
     fn drop_lagging(&mut self) {
-        self.persistence.metrics.persistent_dropped(Class::Sse);
+        self.persistence
+            .metrics
+            .persistent_dropped(Class::Sse.as_str());
         log::info!("an SSE client fell too far behind: its stream is dropped");
         self.held.body_ended();
     }

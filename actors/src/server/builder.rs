@@ -238,18 +238,19 @@ where
                         on_engine_answer,
                         client_request_timeout,
                         metrics: core.metrics.clone(),
-                        persistence: crate::persistent::Persistence {
-                            farewell: core.farewell.clone(),
-                            tally: core.tally.clone(),
-                            settings: core.persistent,
-                            changed: core.coordinator.clone().recipient(),
-                            metrics: core.metrics.clone(),
-                            census: core.census.clone(),
-                        },
+                        changed: core.coordinator.clone().recipient(),
                     },
                     local,
                     census: core.census.clone(),
                     keep_alive,
+                    persistence: crate::persistent::Persistence {
+                        farewell: core.farewell.clone(),
+                        tally: core.tally.clone(),
+                        settings: core.persistent,
+                        changed: core.coordinator.clone().recipient(),
+                        metrics: core.metrics.clone(),
+                        census: core.census.clone(),
+                    },
                 };
                 let transport = super::start(listener, core, setup, workers);
                 info!("listening on {local} with {workers} worker(s)");

@@ -42,6 +42,7 @@ use crate::census::Census;
 use crate::drain::{Close, ConnGuard, ConnIds, DrainCoordinator};
 use crate::http::{self, AppService, EngineData, EngineError};
 use crate::metrics::Metrics;
+use crate::persistent::Persistence;
 use crate::transport::{CloseListener, Core, StopTransport, Transport};
 pub use activity::Activity;
 use activity::Expired;
@@ -76,6 +77,8 @@ pub(crate) struct WorkerSetup<F> {
     pub census: Census,
     /// How long an idle connection stays open while serving normally.
     pub keep_alive: Duration,
+    /// What the persistent handlers share.
+    pub persistence: Persistence,
 }
 
 /// Starts the workers and the accept loop; answers how the Supervisor reaches them.
@@ -222,7 +225,8 @@ async fn worker<F, T>(
         keep_alive: setup.keep_alive,
     };
     let local = setup.local;
-    let app = http::wrap((setup.factory)(), setup.data.clone());
+    let app = (setup.factory)().app_data(actix_web::web::Data::new(setup.persistence.clone()));
+    let app = http::wrap(app, setup.data.clone());
     let factory = actix_http::HttpService::build()
         .keep_alive(DISPATCHER_KEEP_ALIVE)
         // Every head, the first included, is timed by the connection's

@@ -56,7 +56,7 @@ use crate::census::Census;
 use crate::drain::{BeginDrain, CancelReason, CutDrain, DrainCoordinator, DrainReport, Outcome};
 use crate::lifecycle::{Control, Lifecycle, PhaseCtx, StopActor};
 use crate::metrics::Metrics;
-use crate::persistent::Tally;
+use crate::persistent::settings::Tally;
 use crate::transport::{Core, PreStop, StopTransport, Transport, TransportDrain, TransportEnded};
 
 pub use report::{PhaseRecord, PhaseResult, Report};

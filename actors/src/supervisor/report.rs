@@ -3,8 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::drain::{Outcome, WorkDone};
-use crate::persistent::{Class, ClassFigures};
+use crate::drain::{Class, ClassFigures, Outcome, WorkDone};
 use crate::signals::ShutdownSignal;
 
 use super::trigger::Trigger;

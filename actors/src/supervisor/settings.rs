@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::drain::CANCEL_ALLOWANCE;
 use crate::lifecycle::{self, BudgetShort};
-use crate::persistent::PersistentSettings;
+use crate::persistent::settings::PersistentSettings;
 
 /// After `WS_CLOSE_TIMEOUT_MS`, how long `close_persistent` gives what it
 /// closed to be gone (and counted).
