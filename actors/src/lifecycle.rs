@@ -522,6 +522,18 @@ mod tests {
             .attributes
             .iter()
             .any(|kv| kv.key.as_str() == "shutdown.trigger" && kv.value.as_str() == "SIGTERM"));
+        // The persistent connections' figures, per class (all 0 here).
+        for class in crate::metrics::PERSISTENT_CLASSES {
+            for end in ["clean", "forced"] {
+                let key = format!("shutdown.persistent.{class}.{end}");
+                assert!(
+                    root.attributes
+                        .iter()
+                        .any(|kv| kv.key.as_str() == key && kv.value == 0i64.into()),
+                    "{key} missing"
+                );
+            }
+        }
         let children: Vec<&str> = ours
             .iter()
             .filter(|s| s.parent_span_id == root.span_context.span_id())
