@@ -145,6 +145,14 @@ pub struct Config {
     #[arg(long, env = "SSE_KEEPALIVE_MS", default_value_t = persistent::SSE_KEEPALIVE_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub sse_keepalive_ms: u64,
 
+    /// A service POST /work calls (POST, JSON {"id","name"}) before it writes the job; unset: none. A failure answers 502 downstream_failed, a timeout 504 downstream_timeout; nothing is written.
+    #[arg(long, env = "DOWNSTREAM_URL", hide_env_values = true)]
+    pub downstream_url: Option<String>,
+
+    /// How long a call to the downstream may take before the request is answered 504 downstream_timeout (ms).
+    #[arg(long, env = "DOWNSTREAM_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub downstream_timeout_ms: u64,
+
     /// The `retry:` an SSE stream is told at the goodbye: how long its client waits before reconnecting (ms).
     #[arg(long, env = "SSE_RETRY_MS", default_value_t = persistent::SSE_RETRY_MS)]
     pub sse_retry_ms: u64,
@@ -190,6 +198,16 @@ impl Config {
             },
             ..settings
         }
+    }
+
+    /// The downstream POST /work calls, when one is set.
+    pub fn downstream(&self) -> Option<crate::jobs::downstream::DownstreamSettings> {
+        self.downstream_url
+            .as_ref()
+            .map(|url| crate::jobs::downstream::DownstreamSettings {
+                url: url.clone(),
+                timeout: Duration::from_millis(self.downstream_timeout_ms),
+            })
     }
 
     /// How long an idle connection stays open while serving.
@@ -343,6 +361,11 @@ mod tests {
             (s("SSE_KEEPALIVE_MS"), s("15000"))
         );
         assert_eq!(setting("sse_retry_ms"), (s("SSE_RETRY_MS"), s("1000")));
+        assert_eq!(setting("downstream_url"), (s("DOWNSTREAM_URL"), None));
+        assert_eq!(
+            setting("downstream_timeout_ms"),
+            (s("DOWNSTREAM_TIMEOUT_MS"), s("5000"))
+        );
     }
 
     #[test]

@@ -224,6 +224,7 @@ where
         outcomes: outcomes.clone(),
         census: engine.census().clone(),
         request_timeout: config.request_timeout(),
+        downstream: config.downstream(),
     };
     let workers = config.worker_count();
     let mut server = Server::new(move || crate::http::app(jobs.clone()))

@@ -13,6 +13,7 @@ use actix_web::{HttpResponse, ResponseError};
 use drainer_engine::CancelReason;
 
 use crate::jobs::db::DbError;
+use crate::jobs::downstream::DownstreamError;
 use crate::jobs::request::WorkError;
 
 /// The largest request body accepted, in bytes.
@@ -51,6 +52,13 @@ pub enum ApiError {
     /// The write queue is full: not processed, try again shortly.
     #[error("overloaded")]
     Overloaded,
+    /// The downstream refused, reset or failed; the job was not stored.
+    #[error("downstream_failed")]
+    DownstreamFailed,
+    /// The downstream did not answer within `DOWNSTREAM_TIMEOUT_MS`; the job
+    /// was not stored.
+    #[error("downstream_timeout")]
+    DownstreamTimeout,
     /// Something on our side failed; the job was not stored.
     #[error("internal error: the job was not stored")]
     Internal,
@@ -70,7 +78,8 @@ impl ResponseError for ApiError {
             ApiError::Declined | ApiError::Cancelled(_) | ApiError::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::RequestTimeout | ApiError::DownstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::DownstreamFailed => StatusCode::BAD_GATEWAY,
             ApiError::Internal | ApiError::Indeterminate => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -105,6 +114,8 @@ impl ApiError {
             ApiError::Cancelled(CancelReason::ShutdownForced) => "shutdown_forced",
             ApiError::RequestTimeout => "request_timeout",
             ApiError::Overloaded => "overloaded",
+            ApiError::DownstreamFailed => "downstream_failed",
+            ApiError::DownstreamTimeout => "downstream_timeout",
             _ => "error",
         }
     }
@@ -145,6 +156,16 @@ impl From<WorkError> for ApiError {
                 log::error!("POST /work failed: {other}");
                 ApiError::Internal
             }
+        }
+    }
+}
+
+impl From<DownstreamError> for ApiError {
+    fn from(e: DownstreamError) -> Self {
+        log::info!("POST /work: {e}; nothing written");
+        match e {
+            DownstreamError::Failed(_) => ApiError::DownstreamFailed,
+            DownstreamError::Timeout => ApiError::DownstreamTimeout,
         }
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `POST /work` | 201 `{"id","name"}` after the row is committed |
+//! | `POST /work` | 201 `{"id","name"}` after the row is committed (and, with `DOWNSTREAM_URL`, after the downstream said yes: 502 / 504 otherwise) |
 //! | `GET /ws`, `/events`, `/poll` | the live endpoints (see [`live`]) |
 //! | `GET /health`, `/livez`, `/healthz`, `/readyz` | the engine's probes; `/readyz` also pings the database (`database_unavailable`) |
 //! | anything else | 404 / 405 with `{"error": …}` |
@@ -22,11 +22,12 @@ use drainer_engine::{Census, EngineError, Metrics};
 use prometheus::{IntCounterVec, Opts};
 
 use crate::jobs::db::DbActor;
+use crate::jobs::downstream::{Downstream, DownstreamSettings};
 use crate::jobs::feed::Feed;
 use error::{ApiError, MAX_BODY};
 
 /// Every value of `drainer_requests_total{outcome}`.
-pub const OUTCOMES: [&str; 8] = [
+pub const OUTCOMES: [&str; 10] = [
     "created",
     "rejected",
     "drain_timeout",
@@ -34,6 +35,8 @@ pub const OUTCOMES: [&str; 8] = [
     "request_timeout",
     "cancelled",
     "overloaded",
+    "downstream_failed",
+    "downstream_timeout",
     "error",
 ];
 
@@ -87,6 +90,8 @@ pub struct Jobs {
     pub census: Census,
     /// A request running past this is stopped at a safe point: 504.
     pub request_timeout: Duration,
+    /// The service POST /work calls before it writes (`DOWNSTREAM_URL`).
+    pub downstream: Option<DownstreamSettings>,
 }
 
 /// Builds the App for one worker.
@@ -94,8 +99,14 @@ pub fn app(jobs: Jobs) -> App<impl AppService> {
     let json = web::JsonConfig::default()
         .limit(MAX_BODY)
         .error_handler(|e, _| ApiError::from(e).into());
-    App::new()
-        .app_data(web::Data::new(jobs))
+    // Its client is built here, on the worker's own thread.
+    let downstream = jobs.downstream.as_ref().map(Downstream::new);
+    let app = App::new();
+    let app = match downstream {
+        Some(d) => app.app_data(web::Data::new(d)),
+        None => app,
+    };
+    app.app_data(web::Data::new(jobs))
         .app_data(json)
         .service(
             web::resource("/work")

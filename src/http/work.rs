@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::error::ApiError;
 use super::Jobs;
 use crate::fields;
+use crate::jobs::downstream::Downstream;
 use crate::jobs::request::{Process, RequestActor};
 
 /// The longest name accepted, in characters.
@@ -69,8 +70,9 @@ pub async fn post_work(
     work: Work,
     body: web::Json<Value>,
     jobs: web::Data<Jobs>,
+    downstream: Option<web::Data<Downstream>>,
 ) -> Result<HttpResponse, ApiError> {
-    let answer = post(work, body, &jobs).await;
+    let answer = post(work, body, &jobs, downstream.as_ref().map(|d| d.get_ref())).await;
     jobs.outcomes.count(match &answer {
         Ok(_) => "created",
         Err(e) => e.outcome(),
@@ -78,13 +80,24 @@ pub async fn post_work(
     answer
 }
 
-async fn post(work: Work, body: web::Json<Value>, jobs: &Jobs) -> Result<HttpResponse, ApiError> {
+async fn post(
+    work: Work,
+    body: web::Json<Value>,
+    jobs: &Jobs,
+    downstream: Option<&Downstream>,
+) -> Result<HttpResponse, ApiError> {
     let deadline = tokio::time::Instant::now() + jobs.request_timeout;
     let job = NewJob::try_from(body.into_inner())?;
+    let id = uuid::Uuid::new_v4();
+    // Before the work's safe point: at the cut this is dropped with the call.
+    if let Some(downstream) = downstream {
+        downstream.call(id, &job.name).await?;
+    }
     let stored = RequestActor::new(work, jobs.db.clone(), jobs.census.clone())
         .announcing_to(jobs.feed.clone().recipient())
         .start()
         .send(Process {
+            id,
             name: job.name,
             latency: job.latency,
             deadline: Some(deadline),

@@ -8,6 +8,9 @@
 //! - [`request`] — the **RequestActor**: one per admitted `POST /work`; does
 //!   the simulated work, shields itself before its write, writes through the
 //!   DbActor, replies.
+//! - [`downstream`] — the service `POST /work` calls before it writes
+//!   (`DOWNSTREAM_URL`), bounded by `DOWNSTREAM_TIMEOUT_MS`.
+//! - [`feed`] — the **Feed**: committed jobs, for SSE streams and long-polls.
 //! - [`heartbeat`] — the **Heartbeat**: stamps `last_seen_at` every
 //!   `HEARTBEAT_MS`; stops between two beats.
 //!
@@ -24,6 +27,7 @@
 //! hook); `close_database` waits for it first.
 
 pub mod db;
+pub mod downstream;
 pub mod feed;
 pub mod heartbeat;
 pub mod request;

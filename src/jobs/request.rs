@@ -59,6 +59,8 @@ impl From<actix::MailboxError> for WorkError {
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Job, WorkError>")]
 pub struct Process {
+    /// The job's id (chosen by the caller: a downstream may have heard of it).
+    pub id: uuid::Uuid,
     /// The job's name.
     pub name: String,
     /// The simulated processing time.
@@ -200,8 +202,7 @@ impl Handler<Process> for RequestActor {
             // Queued for the next batch. Until the batch begins this is still
             // a safe point: a cancelled job is answered without being written.
             // Once its batch has begun, the DbActor bounds the write.
-            let id = uuid::Uuid::new_v4();
-            let name = msg.name;
+            let (id, name) = (msg.id, msg.name);
             let mut write = Box::pin(db.send(InsertJob { id, name, deadline }));
             let (mut cut_sent, mut timeout_sent) = (false, deadline.is_none());
             let mut declines = declines;

@@ -3,6 +3,7 @@
 
 mod batching;
 mod contract;
+mod downstream;
 mod faultproxy;
 mod faults;
 mod hostile;
