@@ -1,7 +1,9 @@
 # Developer entry points for drainer. `make help` lists the targets.
 #
-# Targets that need PostgreSQL (run, test) get a throwaway cluster from
-# scripts/with-postgres.sh, unless DATABASE_URL is already set (then that is used).
+# Targets that need PostgreSQL and Redis (run, test) get a throwaway cluster
+# from scripts/with-postgres.sh and a throwaway redis-server from
+# scripts/with-redis.sh, unless DATABASE_URL / REDIS_URL are already set (then
+# those are used).
 
 CARGO ?= cargo
 ARGS ?=
@@ -23,13 +25,13 @@ help: ## list the targets
 run: ## run the server (release build), admin listener on a free port; extra server args via ARGS="..."
 	@admin=$${ADMIN_PORT:-$$(scripts/free-port.sh)}; \
 	echo "make run: admin listener (metrics, prestop) on http://127.0.0.1:$$admin (ADMIN_PORT=$$admin)"; \
-	ADMIN_PORT=$$admin scripts/with-postgres.sh $(CARGO) run --release --bin drainer $(if $(strip $(ARGS)),-- $(ARGS))
+	ADMIN_PORT=$$admin scripts/with-redis.sh scripts/with-postgres.sh $(CARGO) run --release --bin drainer $(if $(strip $(ARGS)),-- $(ARGS))
 
-test: ## fmt check, clippy, docs, then all tests against one throwaway PostgreSQL
+test: ## fmt check, clippy, docs, then all tests against one throwaway PostgreSQL and Redis
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace
-	scripts/with-postgres.sh $(CARGO) test --workspace
+	scripts/with-redis.sh scripts/with-postgres.sh $(CARGO) test --workspace
 
 check: ## the fast loop, no PostgreSQL: fmt check, clippy, docs, the engine's tests and the unit tests
 	$(CARGO) fmt --all -- --check

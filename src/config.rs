@@ -24,7 +24,8 @@ Shutdown (see docs/operations.md):
   SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT and real-time signals keep their defaults
   POST /admin/prestop (admin listener) begins the drain and answers after the delay
   Phases, in order: delay, stop_accepting, drain, close_persistent, stop_admin,
-  stop_background, flush_telemetry, close_database; all within SHUTDOWN_TIMEOUT_MS.
+  stop_background, release_lease (with REDIS_URL), flush_telemetry,
+  close_database; all within SHUTDOWN_TIMEOUT_MS.
   At the end of the delay the listener closes: WebSockets get Close 1001, SSE
   streams a retry and a reconnect event, pending polls 204 (GET /ws, /events, /poll).
 
@@ -40,6 +41,14 @@ Exit codes:
 
 use drainer_engine::persistent::defaults as persistent;
 use drainer_engine::supervisor::defaults;
+
+/// The jobs service's default `SHUTDOWN_TIMEOUT_MS`: the engine's 50000 ms
+/// holds its own phases and three stop hooks; with `REDIS_URL` the service
+/// adds `release_lease` (1500 ms): 5000 prestop delay + 1500 stop_accepting +
+/// 32500 drain + 5100 close_persistent + 1500 stop_admin + 1500
+/// stop_background + 1500 release_lease + 1500 flush_telemetry + 1000
+/// reserve (close_database runs in it) = 51100 ms.
+pub const SHUTDOWN_TIMEOUT_MS: u64 = 55_000;
 
 /// drainer: an HTTP service that drains in-flight work on shutdown and loses nothing.
 #[derive(Debug, Parser)]
@@ -74,7 +83,7 @@ pub struct Config {
     pub shutdown_delay_ms: u64,
 
     /// The whole shutdown's budget, from the prestop or the first signal; start-up refuses phases that cannot fit (ms).
-    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = defaults::SHUTDOWN_TIMEOUT_MS)]
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = SHUTDOWN_TIMEOUT_MS)]
     pub shutdown_timeout_ms: u64,
 
     /// The own deadline of each shutdown phase other than the delay and the drain (ms).
@@ -145,6 +154,18 @@ pub struct Config {
     #[arg(long, env = "SSE_KEEPALIVE_MS", default_value_t = persistent::SSE_KEEPALIVE_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub sse_keepalive_ms: u64,
 
+    /// Redis, for the relay's lease (`drainer:lock:<LOCK_NAME>`); unset: no lease. Never printed.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<DatabaseUrl>,
+
+    /// The lease's name: the key is `drainer:lock:<name>`.
+    #[arg(long, env = "LOCK_NAME", default_value = "drainer")]
+    pub lock_name: String,
+
+    /// How long the lease lives without a renewal; it is renewed every third of it (ms).
+    #[arg(long, env = "LOCK_TTL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(30..))]
+    pub lock_ttl_ms: u64,
+
     /// A service POST /work calls (POST, JSON {"id","name"}) before it writes the job; unset: none. A failure answers 502 downstream_failed, a timeout 504 downstream_timeout; nothing is written.
     #[arg(long, env = "DOWNSTREAM_URL", hide_env_values = true)]
     pub downstream_url: Option<String>,
@@ -198,6 +219,20 @@ impl Config {
             },
             ..settings
         }
+    }
+
+    /// The lease's settings, when `REDIS_URL` is set.
+    pub fn lease(&self) -> Result<Option<crate::jobs::lease::LeaseSettings>, String> {
+        let Some(url) = &self.redis_url else {
+            return Ok(None);
+        };
+        let client = redis::Client::open(url.expose())
+            .map_err(|_| "REDIS_URL is not a valid Redis URL".to_string())?;
+        Ok(Some(crate::jobs::lease::LeaseSettings {
+            client,
+            name: self.lock_name.clone(),
+            ttl: Duration::from_millis(self.lock_ttl_ms),
+        }))
     }
 
     /// The downstream POST /work calls, when one is set.
@@ -341,7 +376,7 @@ mod tests {
         assert_eq!(setting("db_queue_bound"), (s("DB_QUEUE_BOUND"), s("10000")));
         assert_eq!(
             setting("shutdown_timeout_ms"),
-            (s("SHUTDOWN_TIMEOUT_MS"), s("50000"))
+            (s("SHUTDOWN_TIMEOUT_MS"), s("55000"))
         );
         assert_eq!(
             setting("shutdown_phase_timeout_ms"),
@@ -362,6 +397,9 @@ mod tests {
         );
         assert_eq!(setting("sse_retry_ms"), (s("SSE_RETRY_MS"), s("1000")));
         assert_eq!(setting("downstream_url"), (s("DOWNSTREAM_URL"), None));
+        assert_eq!(setting("redis_url"), (s("REDIS_URL"), None));
+        assert_eq!(setting("lock_name"), (s("LOCK_NAME"), s("drainer")));
+        assert_eq!(setting("lock_ttl_ms"), (s("LOCK_TTL_MS"), s("10000")));
         assert_eq!(
             setting("downstream_timeout_ms"),
             (s("DOWNSTREAM_TIMEOUT_MS"), s("5000"))

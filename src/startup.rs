@@ -193,6 +193,10 @@ where
     engine.own(db.clone());
     crate::jobs::register_database(&mut engine, db.clone());
     engine.on_stop("flush_telemetry", telemetry.flush_hook());
+    if let Some(lease) = config.lease().map_err(StartupError::Config)? {
+        crate::jobs::register_lease(&mut engine, lease)
+            .map_err(|e| StartupError::Config(format!("metrics: {e}")))?;
+    }
     let heartbeat = crate::jobs::register_heartbeat(&mut engine);
     engine
         .check_budget()

@@ -11,6 +11,7 @@
 //! - [`downstream`] — the service `POST /work` calls before it writes
 //!   (`DOWNSTREAM_URL`), bounded by `DOWNSTREAM_TIMEOUT_MS`.
 //! - [`feed`] — the **Feed**: committed jobs, for SSE streams and long-polls.
+//! - [`lease`] — the **Lease** in Redis (`REDIS_URL`): who runs the relay.
 //! - [`heartbeat`] — the **Heartbeat**: stamps `last_seen_at` every
 //!   `HEARTBEAT_MS`; stops between two beats.
 //!
@@ -30,6 +31,7 @@ pub mod db;
 pub mod downstream;
 pub mod feed;
 pub mod heartbeat;
+pub mod lease;
 pub mod request;
 
 use std::time::Duration;
@@ -86,6 +88,41 @@ pub fn register_heartbeat(engine: &mut Engine) -> Context<Heartbeat> {
         Ok(())
     });
     context
+}
+
+/// With `REDIS_URL`: the Lease, owned by the engine, and its `release_lease`
+/// hook (register it after `flush_telemetry` and before `stop_background`:
+/// it runs between them).
+pub fn register_lease(
+    engine: &mut Engine,
+    settings: lease::LeaseSettings,
+) -> Result<(), prometheus::Error> {
+    let held = prometheus::IntGauge::new(
+        "drainer_lease_held",
+        "1 while this instance holds the relay's lease in Redis.",
+    )?;
+    engine
+        .metrics()
+        .registry()
+        .register(Box::new(held.clone()))?;
+    let lease = actix::Actor::start(lease::Lease::new(settings, held, engine.census().clone()));
+    engine.own(lease.clone());
+    engine.on_stop("release_lease", move |ctx| async move {
+        match tokio::time::timeout_at(ctx.deadline, lease.send(lease::Release)).await {
+            Ok(Ok(Ok(true))) => {
+                info!("lease released: a standby takes it over now");
+                Ok(())
+            }
+            Ok(Ok(Ok(false))) => {
+                info!("lease not held (a standby): nothing to release");
+                Ok(())
+            }
+            Ok(Ok(Err(e))) => Err(format!("the lease was not released: {e}")),
+            Ok(Err(_)) => Err("the lease actor is gone".into()),
+            Err(_) => Err("Redis did not answer in time: the lease expires by itself".into()),
+        }
+    });
+    Ok(())
 }
 
 /// The `close_database` hook: the `drain_complete` record with the report's

@@ -7,6 +7,7 @@ mod downstream;
 mod faultproxy;
 mod faults;
 mod hostile;
+mod lease;
 mod lifecycle;
 mod operations;
 mod persistent;
