@@ -157,27 +157,42 @@ impl Lease {
         }
     }
 
-    fn try_take(&mut self, ctx: &mut Context<Self>) {
-        self.busy = true;
+    /// One command on the lease's connection with (key, token, TTL in ms),
+    /// bounded by a renewal interval; answers the connection to keep and
+    /// what the command said.
+    fn round_trip<T, F, Fut>(
+        &self,
+        command: F,
+    ) -> impl std::future::Future<Output = Result<(MultiplexedConnection, T), String>>
+    where
+        F: FnOnce(MultiplexedConnection, String, String, u64) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<(MultiplexedConnection, T)>>,
+    {
         let (key, token, ttl, limit) = (
             self.key.clone(),
             self.token.clone(),
-            self.settings.ttl.as_millis() as u64,
+            u64::try_from(self.settings.ttl.as_millis()).unwrap_or(u64::MAX),
             self.renew_every(),
         );
         let connecting = self.connection();
-        let take = async move {
-            let mut conn = connecting.await?;
-            let mut command = redis::cmd("SET");
-            command.arg(&key).arg(&token).arg("NX").arg("PX").arg(ttl);
-            let set = command.query_async::<Option<String>>(&mut conn);
-            let taken = match tokio::time::timeout(limit, set).await {
-                Ok(Ok(answer)) => answer.is_some(),
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => return Err("Redis did not answer in time".into()),
-            };
-            Ok((conn, taken))
-        };
+        async move {
+            let conn = connecting.await?;
+            match tokio::time::timeout(limit, command(conn, key, token, ttl)).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("Redis did not answer in time".into()),
+            }
+        }
+    }
+
+    fn try_take(&mut self, ctx: &mut Context<Self>) {
+        self.busy = true;
+        let take = self.round_trip(|mut conn, key, token, ttl| async move {
+            let mut set = redis::cmd("SET");
+            set.arg(&key).arg(&token).arg("NX").arg("PX").arg(ttl);
+            let answer = set.query_async::<Option<String>>(&mut conn).await?;
+            Ok((conn, answer.is_some()))
+        });
         ctx.spawn(take.into_actor(self).map(|taken, act, _| {
             act.busy = false;
             match taken {
@@ -201,25 +216,13 @@ impl Lease {
     fn renew(&mut self, ctx: &mut Context<Self>) {
         self.busy = true;
         let started = Instant::now();
-        let (key, token, ttl, limit) = (
-            self.key.clone(),
-            self.token.clone(),
-            self.settings.ttl.as_millis() as u64,
-            self.renew_every(),
-        );
-        let connecting = self.connection();
-        let renew = async move {
-            let mut conn = connecting.await?;
+        let renew = self.round_trip(|mut conn, key, token, ttl| async move {
             let script = redis::Script::new(EXTEND);
-            let mut invocation = script.key(&key);
-            invocation.arg(&token).arg(ttl);
-            let extend = invocation.invoke_async::<i64>(&mut conn);
-            match tokio::time::timeout(limit, extend).await {
-                Ok(Ok(extended)) => Ok((conn, extended == 1)),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("Redis did not answer in time".into()),
-            }
-        };
+            let mut extend = script.key(&key);
+            extend.arg(&token).arg(ttl);
+            let extended = extend.invoke_async::<i64>(&mut conn).await?;
+            Ok((conn, extended == 1))
+        });
         ctx.spawn(renew.into_actor(self).map(move |renewed, act, _| {
             act.busy = false;
             if !matches!(act.holding, Holding::Held { .. }) {
@@ -270,19 +273,18 @@ impl Handler<Release> for Lease {
     fn handle(&mut self, _: Release, _: &mut Context<Self>) -> Self::Result {
         let held = matches!(self.holding, Holding::Held { .. });
         self.set(Holding::Released);
-        let (key, token, connecting) = (self.key.clone(), self.token.clone(), self.connection());
+        let release = self.round_trip(|mut conn, key, token, _| async move {
+            let script = redis::Script::new(RELEASE);
+            let mut delete = script.key(&key);
+            delete.arg(&token);
+            let deleted = delete.invoke_async::<i64>(&mut conn).await?;
+            Ok((conn, deleted == 1))
+        });
         let release = async move {
             if !held {
                 return Ok(false);
             }
-            let mut conn = connecting.await?;
-            let deleted = redis::Script::new(RELEASE)
-                .key(&key)
-                .arg(&token)
-                .invoke_async::<i64>(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(deleted == 1)
+            release.await.map(|(_, released)| released)
         };
         Box::pin(release.into_actor(self))
     }
