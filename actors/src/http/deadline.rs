@@ -42,8 +42,8 @@ pub async fn client_deadline(
         // A request without a body (every probe) has nothing to bound; an
         // upgrade's "body" is the upgraded protocol, bounded by its session.
         match req.take_payload() {
-            body if req.head().upgrade() => req.set_payload(body),
             Payload::None => {}
+            body if req.head().upgrade() => req.set_payload(body),
             body => {
                 let flag = Rc::new(Cell::new(false));
                 fired = Some(flag.clone());
