@@ -174,3 +174,33 @@ fn a_standby_takes_a_released_lease_within_a_second() {
     assert_eq!(standby.wait_exit(PATIENCE).0, 0);
     assert_eq!(key.token(), None);
 }
+
+/// Redis unreachable: the service serves as usual, the instance stays a
+/// standby, and the password in `REDIS_URL` appears in no log line.
+#[test]
+fn an_unreachable_redis_never_stops_the_api_or_shows_its_password() {
+    let db = TestDb::create();
+    let url = format!("redis://:s3cret-pass@127.0.0.1:{}/", closed_port());
+    let mut server = Server::start(
+        &db,
+        &[
+            ("REDIS_URL", url.as_str()),
+            ("LOCK_NAME", "unreachable"),
+            (
+                "RUST_LOG",
+                "info,drainer_engine::drain=debug,drainer::jobs::lease=debug",
+            ),
+        ],
+    );
+    server.wait_for_log("cannot reach Redis");
+    let res = post_work(server.port, r#"{"name":"no-redis"}"#);
+    assert_eq!(res.status, 201, "{}", res.body);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(PATIENCE).0, 0);
+    let log = server.log();
+    assert!(log.contains("lease not held"), "{log}");
+    assert!(
+        !log.contains("s3cret-pass"),
+        "the password was logged:\n{log}"
+    );
+}
