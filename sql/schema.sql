@@ -45,3 +45,14 @@ CREATE INDEX IF NOT EXISTS idx_drain_instance ON DrainEvent (instance_id, timest
 -- Databases made before it existed get the column here.
 -- step: column serverinstance.last_seen_at
 ALTER TABLE ServerInstance ADD COLUMN IF NOT EXISTS last_seen_at TIMESTAMPTZ;
+
+-- The outbox: each job's event, written in the job's own statement when
+-- REDIS_URL is set; the lease holder's relay publishes it to the Redis stream
+-- drainer:jobs and deletes it once Redis has acknowledged it.
+-- step: table outbox
+CREATE TABLE IF NOT EXISTS outbox (
+    seq        bigserial PRIMARY KEY,
+    job_id     uuid NOT NULL UNIQUE,
+    name       text NOT NULL,
+    created_at timestamptz NOT NULL
+);

@@ -24,7 +24,7 @@ Shutdown (see docs/operations.md):
   SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT and real-time signals keep their defaults
   POST /admin/prestop (admin listener) begins the drain and answers after the delay
   Phases, in order: delay, stop_accepting, drain, close_persistent, stop_admin,
-  stop_background, release_lease (with REDIS_URL), flush_telemetry,
+  stop_background, flush_events and release_lease (with REDIS_URL), flush_telemetry,
   close_database; all within SHUTDOWN_TIMEOUT_MS.
   At the end of the delay the listener closes: WebSockets get Close 1001, SSE
   streams a retry and a reconnect event, pending polls 204 (GET /ws, /events, /poll).
@@ -44,10 +44,11 @@ use drainer_engine::supervisor::defaults;
 
 /// The jobs service's default `SHUTDOWN_TIMEOUT_MS`: the engine's 50000 ms
 /// holds its own phases and three stop hooks; with `REDIS_URL` the service
-/// adds `release_lease` (1500 ms): 5000 prestop delay + 1500 stop_accepting +
-/// 32500 drain + 5100 close_persistent + 1500 stop_admin + 1500
-/// stop_background + 1500 release_lease + 1500 flush_telemetry + 1000
-/// reserve (close_database runs in it) = 51100 ms.
+/// adds `flush_events` and `release_lease` (1500 ms each). 5000 prestop delay,
+/// 1500 stop_accepting, 32500 drain, 5100 close_persistent, then 1500 each for
+/// stop_admin, stop_background, flush_events, release_lease and
+/// flush_telemetry, and the 1000 ms reserve (close_database runs in it):
+/// 52600 ms.
 pub const SHUTDOWN_TIMEOUT_MS: u64 = 55_000;
 
 /// drainer: an HTTP service that drains in-flight work on shutdown and loses nothing.

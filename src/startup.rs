@@ -160,6 +160,7 @@ where
         // Every write is cancelled by its request's deadline; the session's
         // own timeout is the second line, for a statement nobody cancels.
         statement_timeout: config.request_timeout() + STATEMENT_TIMEOUT_MARGIN,
+        outbox: config.redis_url.is_some(),
     };
     settings
         .check()
@@ -193,10 +194,13 @@ where
     engine.own(db.clone());
     crate::jobs::register_database(&mut engine, db.clone());
     engine.on_stop("flush_telemetry", telemetry.flush_hook());
-    if let Some(lease) = config.lease().map_err(StartupError::Config)? {
-        crate::jobs::register_lease(&mut engine, lease)
-            .map_err(|e| StartupError::Config(format!("metrics: {e}")))?;
-    }
+    let relay = match config.lease().map_err(StartupError::Config)? {
+        Some(lease) => Some(
+            crate::jobs::register_relay(&mut engine, lease)
+                .map_err(|e| StartupError::Config(format!("metrics: {e}")))?,
+        ),
+        None => None,
+    };
     let heartbeat = crate::jobs::register_heartbeat(&mut engine);
     engine
         .check_budget()
@@ -210,6 +214,9 @@ where
         })?,
         Some(signal) = signals.next() => return Ok(interrupted(signal)),
     };
+    if let Some(start_relay) = relay {
+        start_relay(opened.pool());
+    }
     db_context.run(opened.counted_in(engine.census().clone()));
     heartbeat.run(Heartbeat::new(
         db.clone(),

@@ -18,6 +18,8 @@
 //!
 //! `drainer_lease_held` is 1 while this instance holds it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{
@@ -83,12 +85,20 @@ pub struct Lease {
     /// A Redis round trip is under way (one at a time).
     busy: bool,
     held: IntGauge,
+    /// Read by the relay: set while this instance holds the lease.
+    holds: Arc<AtomicBool>,
     census: Census,
 }
 
 impl Lease {
     /// A lease for `settings`; `held` is `drainer_lease_held`.
-    pub fn new(settings: LeaseSettings, held: IntGauge, census: Census) -> Lease {
+    /// `holds` is set while the lease is held (the relay reads it).
+    pub fn new(
+        settings: LeaseSettings,
+        held: IntGauge,
+        holds: Arc<AtomicBool>,
+        census: Census,
+    ) -> Lease {
         let key = format!("drainer:lock:{}", settings.name);
         Lease {
             settings,
@@ -98,6 +108,7 @@ impl Lease {
             holding: Holding::Standby,
             busy: false,
             held,
+            holds,
             census,
         }
     }
@@ -109,8 +120,9 @@ impl Lease {
 
     fn set(&mut self, holding: Holding) {
         self.holding = holding;
-        self.held
-            .set(i64::from(matches!(holding, Holding::Held { .. })));
+        let held = matches!(holding, Holding::Held { .. });
+        self.holds.store(held, Ordering::Release);
+        self.held.set(i64::from(held));
     }
 
     /// A connection (made once, made again after an error), bounded by a

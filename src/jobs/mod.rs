@@ -12,6 +12,8 @@
 //!   (`DOWNSTREAM_URL`), bounded by `DOWNSTREAM_TIMEOUT_MS`.
 //! - [`feed`] — the **Feed**: committed jobs, for SSE streams and long-polls.
 //! - [`lease`] — the **Lease** in Redis (`REDIS_URL`): who runs the relay.
+//! - [`relay`] — the **Relay**: the outbox, published to the Redis stream
+//!   `drainer:jobs` by the lease holder.
 //! - [`heartbeat`] — the **Heartbeat**: stamps `last_seen_at` every
 //!   `HEARTBEAT_MS`; stops between two beats.
 //!
@@ -32,8 +34,11 @@ pub mod downstream;
 pub mod feed;
 pub mod heartbeat;
 pub mod lease;
+pub mod relay;
 pub mod request;
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Addr, AsyncContext, Context};
@@ -90,22 +95,40 @@ pub fn register_heartbeat(engine: &mut Engine) -> Context<Heartbeat> {
     context
 }
 
-/// With `REDIS_URL`: the Lease, owned by the engine, and its `release_lease`
-/// hook (register it after `flush_telemetry` and before `stop_background`:
-/// it runs between them).
-pub fn register_lease(
+/// With `REDIS_URL`: the Lease and the Relay, owned by the engine, and
+/// their stop hooks `flush_events` then `release_lease` (register them after
+/// `flush_telemetry` and before `stop_background`: they run between them).
+/// Answers what starts the relay once the database is open (over its pool).
+pub(crate) fn register_relay(
     engine: &mut Engine,
     settings: lease::LeaseSettings,
-) -> Result<(), prometheus::Error> {
+) -> Result<impl FnOnce(db::Pool), prometheus::Error> {
+    let registry = engine.metrics().registry();
     let held = prometheus::IntGauge::new(
         "drainer_lease_held",
         "1 while this instance holds the relay's lease in Redis.",
     )?;
-    engine
-        .metrics()
-        .registry()
-        .register(Box::new(held.clone()))?;
-    let lease = actix::Actor::start(lease::Lease::new(settings, held, engine.census().clone()));
+    let metrics = relay::RelayMetrics {
+        pending: prometheus::IntGauge::new(
+            "drainer_outbox_pending",
+            "Job events in the outbox not yet published (as the relay last saw it).",
+        )?,
+        published: prometheus::IntCounter::new(
+            "drainer_events_published_total",
+            "Job events this instance added to the Redis stream drainer:jobs.",
+        )?,
+    };
+    registry.register(Box::new(held.clone()))?;
+    registry.register(Box::new(metrics.pending.clone()))?;
+    registry.register(Box::new(metrics.published.clone()))?;
+    let holds = Arc::new(AtomicBool::new(false));
+    let client = settings.client.clone();
+    let lease = actix::Actor::start(lease::Lease::new(
+        settings,
+        held,
+        holds.clone(),
+        engine.census().clone(),
+    ));
     engine.own(lease.clone());
     engine.on_stop("release_lease", move |ctx| async move {
         match tokio::time::timeout_at(ctx.deadline, lease.send(lease::Release)).await {
@@ -122,8 +145,33 @@ pub fn register_lease(
             Err(_) => Err("Redis did not answer in time: the lease expires by itself".into()),
         }
     });
-    Ok(())
+    let context = Context::<relay::Relay>::new();
+    let relay = context.address();
+    engine.own(relay.clone());
+    engine.on_stop("flush_events", move |ctx| async move {
+        let until = ctx.deadline - FLUSH_MARGIN;
+        match tokio::time::timeout_at(ctx.deadline, relay.send(relay::Flush { until })).await {
+            Ok(Ok(Ok((flushed, 0)))) => {
+                info!("events flushed: {flushed}; none left in the outbox");
+                Ok(())
+            }
+            Ok(Ok(Ok((flushed, left)))) => {
+                warn!("events flushed: {flushed}; {left} left in the outbox for the next holder");
+                Ok(())
+            }
+            Ok(Ok(Err(e))) => Err(format!("events not flushed ({e}): they stay in the outbox")),
+            Ok(Err(_)) => Err("the relay is gone".into()),
+            Err(_) => Err("the flush did not end in time: what is left stays in the outbox".into()),
+        }
+    });
+    let census = engine.census().clone();
+    Ok(move |pool| {
+        context.run(relay::Relay::new(pool, client, holds, metrics, census));
+    })
 }
+
+/// What `flush_events` keeps of its deadline to count what is left.
+const FLUSH_MARGIN: Duration = Duration::from_millis(200);
 
 /// The `close_database` hook: the `drain_complete` record with the report's
 /// figures (given three quarters of the phase's time), then the pool closes

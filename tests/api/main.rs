@@ -11,6 +11,7 @@ mod lease;
 mod lifecycle;
 mod operations;
 mod persistent;
+mod relay;
 mod shutdown;
 mod startup;
 mod stdin;

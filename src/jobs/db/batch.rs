@@ -146,6 +146,8 @@ struct Batch {
     /// late would cancel whatever runs there next, so the connection is not
     /// given back to the pool.
     cancel_sent: bool,
+    /// Each job also writes its event to the outbox, in the same statement.
+    outbox: bool,
 }
 
 /// Writes one batch and answers each of its jobs (or hands them back).
@@ -154,6 +156,7 @@ pub(super) async fn write_batch(
     redactor: Redactor,
     batch: Vec<Queued>,
     calls: mpsc::UnboundedReceiver<CallOffAt>,
+    outbox: bool,
 ) -> BatchEnd {
     let ids = batch.iter().map(|q| q.job.id).collect();
     let entries = batch
@@ -171,6 +174,7 @@ pub(super) async fn write_batch(
         calls,
         redactor,
         cancel_sent: false,
+        outbox,
     };
     batch.write(&pool).await;
     // Call-offs still on their way: a job going back to the queue is before
@@ -258,7 +262,7 @@ impl Batch {
         let rows: Vec<Job> = jobs.iter().map(|&i| self.entries[i].job.clone()).collect();
         let rows: Vec<&Job> = rows.iter().collect();
         let alone = rows.len() == 1;
-        let statement = insert(conn, &rows);
+        let statement = insert(conn, &rows, self.outbox);
         tokio::pin!(statement);
         // The open jobs are exactly the statement's `jobs`.
         loop {
@@ -525,9 +529,15 @@ fn is_own_id_conflict(e: &tokio_postgres::Error) -> bool {
     })
 }
 
-/// One multi-row INSERT of `jobs`: one round trip, one commit.
-async fn insert(conn: &PgConn, jobs: &[&Job]) -> Result<(), tokio_postgres::Error> {
-    let mut sql = String::from("INSERT INTO jobs (id, name) VALUES ");
+/// One multi-row INSERT of `jobs`: one round trip, one commit. With
+/// `outbox`, the same statement writes each job's event to the outbox, so an
+/// event exists exactly when its job does.
+async fn insert(conn: &PgConn, jobs: &[&Job], outbox: bool) -> Result<(), tokio_postgres::Error> {
+    let mut sql = String::from(if outbox {
+        "WITH j AS (INSERT INTO jobs (id, name) VALUES "
+    } else {
+        "INSERT INTO jobs (id, name) VALUES "
+    });
     let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
         Vec::with_capacity(jobs.len() * 2);
     for (i, job) in jobs.iter().enumerate() {
@@ -537,6 +547,12 @@ async fn insert(conn: &PgConn, jobs: &[&Job]) -> Result<(), tokio_postgres::Erro
         sql.push_str(&format!("(${}, ${})", 2 * i + 1, 2 * i + 2));
         params.push(&job.id);
         params.push(&job.name);
+    }
+    if outbox {
+        sql.push_str(
+            " RETURNING id, name, created_at) \
+             INSERT INTO outbox (job_id, name, created_at) SELECT id, name, created_at FROM j",
+        );
     }
     let stmt = conn.prepare_cached(&sql).await?;
     conn.execute(&stmt, &params).await.map(|_| ())

@@ -25,6 +25,7 @@
 
 mod batch;
 mod conn;
+pub(crate) use conn::Pool;
 mod error;
 mod schema;
 
@@ -46,7 +47,7 @@ use uuid::Uuid;
 
 pub use batch::CANCEL_CONFIRM;
 use batch::{write_batch, CallOffAt, Queued};
-use conn::{Object, PgManager, Pool, PoolError};
+use conn::{Object, PgManager, PoolError};
 use drainer_engine::{Census, StopActor};
 use error::Redactor;
 pub use error::{CallOff, DbError};
@@ -66,6 +67,9 @@ pub struct DbSettings {
     /// Every session's `statement_timeout`: the second line behind the
     /// cancels, for a statement nobody is left to cancel.
     pub statement_timeout: Duration,
+    /// Each job also writes its event to the outbox (only with `REDIS_URL`:
+    /// without a relay nothing would ever drain it).
+    pub outbox: bool,
 }
 
 impl DbSettings {
@@ -87,6 +91,7 @@ impl fmt::Debug for DbSettings {
             .field("batch_size", &self.batch_size)
             .field("queue_bound", &self.queue_bound)
             .field("statement_timeout", &self.statement_timeout)
+            .field("outbox", &self.outbox)
             .finish()
     }
 }
@@ -219,6 +224,8 @@ pub struct DbActor {
     max_writing: usize,
     batch_size: usize,
     queue_bound: usize,
+    /// Jobs also write their events to the outbox.
+    outbox: bool,
     /// The engine's leak check.
     census: Option<Census>,
 }
@@ -228,6 +235,11 @@ impl DbActor {
     pub fn counted_in(mut self, census: Census) -> Self {
         self.census = Some(census);
         self
+    }
+
+    /// The pool, for the event relay (it reads and deletes the outbox).
+    pub(crate) fn pool(&self) -> Pool {
+        self.pool.clone()
     }
 
     /// Connects, applies the schema and registers `host:port` as active.
@@ -290,6 +302,7 @@ impl DbActor {
             max_writing: settings.pool_size.max(1),
             batch_size: settings.batch_size.max(1),
             queue_bound: settings.queue_bound.max(1),
+            outbox: settings.outbox,
             census: None,
         })
     }
@@ -416,7 +429,13 @@ impl DbActor {
                 self.in_batch.insert(q.job.id, calls.clone());
             }
             self.writing += 1;
-            let write = write_batch(self.pool.clone(), self.redactor.clone(), batch, heard);
+            let write = write_batch(
+                self.pool.clone(),
+                self.redactor.clone(),
+                batch,
+                heard,
+                self.outbox,
+            );
             ctx.spawn(write.into_actor(self).map(|end, act, ctx| {
                 act.writing -= 1;
                 for id in end.ids {

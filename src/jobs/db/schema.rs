@@ -178,7 +178,8 @@ mod tests {
                 "table serverinstance",
                 "table drainevent",
                 "index idx_drain_instance",
-                "column serverinstance.last_seen_at"
+                "column serverinstance.last_seen_at",
+                "table outbox"
             ]
         );
         assert!(steps[4]

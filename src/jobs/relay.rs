@@ -1,0 +1,273 @@
+//! The **Relay**: publishes the outbox to the Redis stream `drainer:jobs`,
+//! while this instance holds the [lease](super::lease).
+//!
+//! Every [`TICK`] it reads the oldest [`BATCH`] outbox rows, adds each to the
+//! stream (fields `id`, `name`, `created_at`) and deletes them only once
+//! Redis has acknowledged them. A re-sent event is harmless: a Lua script
+//! adds the entry only when `SET drainer:jobs:published:<job id> 1 NX PX
+//! <RETENTION>` succeeds, so the stream holds each job once even when the
+//! relay dies between the add and the delete. (Publishing is idempotent by
+//! job id, not by outbox sequence: a lower sequence can commit after a
+//! higher one was published.) A Redis that fails is retried with a backoff
+//! (from [`TICK`], doubling to [`MAX_BACKOFF`]); the outbox keeps what it
+//! cannot publish, for whoever holds the lease next.
+//!
+//! At shutdown the `flush_events` phase publishes what is left (everything
+//! committed before the drain ended) and says how many were flushed and how
+//! many stay in the outbox.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message,
+    ResponseActFuture, WrapFuture,
+};
+use drainer_engine::{Census, StopActor};
+use log::{info, warn};
+use prometheus::{IntCounter, IntGauge};
+use redis::aio::MultiplexedConnection;
+
+use super::db::Pool;
+
+/// How often the relay looks at the outbox.
+pub const TICK: Duration = Duration::from_millis(100);
+/// The most rows one round publishes.
+pub const BATCH: i64 = 500;
+/// The longest wait between tries while Redis fails.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a job's "published" marker lives: longer than any outbox wait
+/// worth deduplicating (a relay that died mid-round is replaced within the
+/// lease's TTL).
+pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// The stream.
+pub const STREAM: &str = "drainer:jobs";
+
+/// Adds the event unless this job was published already; answers 1 if added.
+const PUBLISH: &str = r"if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[4]) then
+  redis.call('XADD', KEYS[1], '*', 'id', ARGV[1], 'name', ARGV[2], 'created_at', ARGV[3])
+  return 1
+end
+return 0";
+
+/// Publishes what is left; answers (flushed, left in the outbox).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(usize, i64), String>")]
+pub struct Flush {
+    /// Stop trying by then.
+    pub until: tokio::time::Instant,
+}
+
+/// The relay's metrics.
+#[derive(Clone)]
+pub struct RelayMetrics {
+    /// `drainer_outbox_pending`.
+    pub pending: IntGauge,
+    /// `drainer_events_published_total`.
+    pub published: IntCounter,
+}
+
+/// See the module documentation.
+pub struct Relay {
+    pool: Pool,
+    client: redis::Client,
+    conn: Option<MultiplexedConnection>,
+    /// Set by the Lease while this instance holds it.
+    holds: Arc<AtomicBool>,
+    busy: bool,
+    /// While Redis fails: not before then.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    metrics: RelayMetrics,
+    census: Census,
+}
+
+/// One round: publish the oldest rows, delete them; answers the connection,
+/// how many were added to the stream, and how many rows are left.
+async fn publish_round(
+    pool: Pool,
+    client: redis::Client,
+    conn: Option<MultiplexedConnection>,
+) -> Result<(MultiplexedConnection, usize, i64), String> {
+    let db = pool.get().await.map_err(|e| e.to_string())?;
+    let rows = db
+        .query(
+            "SELECT seq, job_id::text, name, created_at::text FROM outbox ORDER BY seq LIMIT $1",
+            &[&BATCH],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut conn = match conn {
+        Some(conn) => conn,
+        None => client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    if rows.is_empty() {
+        return Ok((conn, 0, 0));
+    }
+    let retention = u64::try_from(RETENTION.as_millis()).unwrap_or(u64::MAX);
+    let mut pipe = redis::pipe();
+    for row in &rows {
+        let (id, name, at): (String, String, String) = (row.get(1), row.get(2), row.get(3));
+        pipe.cmd("EVAL")
+            .arg(PUBLISH)
+            .arg(2)
+            .arg(STREAM)
+            .arg(format!("{STREAM}:published:{id}"))
+            .arg(id)
+            .arg(name)
+            .arg(at)
+            .arg(retention);
+    }
+    let added: Vec<i64> = pipe
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let seqs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    db.execute("DELETE FROM outbox WHERE seq = ANY($1)", &[&seqs])
+        .await
+        .map_err(|e| e.to_string())?;
+    let left: i64 = db
+        .query_one("SELECT count(*) FROM outbox", &[])
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    Ok((conn, added.iter().filter(|&&a| a == 1).count(), left))
+}
+
+impl Relay {
+    /// A relay over `pool`'s outbox to `client`'s Redis, publishing while
+    /// `holds` is set.
+    pub(crate) fn new(
+        pool: Pool,
+        client: redis::Client,
+        holds: Arc<AtomicBool>,
+        metrics: RelayMetrics,
+        census: Census,
+    ) -> Relay {
+        Relay {
+            pool,
+            client,
+            conn: None,
+            holds,
+            busy: false,
+            retry_at: None,
+            backoff: TICK,
+            metrics,
+            census,
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.busy || !self.holds.load(Ordering::Acquire) {
+            return;
+        }
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        self.busy = true;
+        let round = publish_round(self.pool.clone(), self.client.clone(), self.conn.take());
+        ctx.spawn(round.into_actor(self).map(|done, act, ctx| {
+            act.busy = false;
+            match done {
+                Ok((conn, added, left)) => {
+                    act.conn = Some(conn);
+                    act.retry_at = None;
+                    act.backoff = TICK;
+                    act.metrics.published.inc_by(added as u64);
+                    act.metrics.pending.set(left);
+                    if left > 0 {
+                        // More waiting: go on at once.
+                        act.tick(ctx);
+                    }
+                }
+                Err(e) => {
+                    warn!(
+                        "relay: cannot publish ({e}); retrying in {} ms",
+                        act.backoff.as_millis()
+                    );
+                    act.retry_at = Some(Instant::now() + act.backoff);
+                    act.backoff = (act.backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }));
+    }
+}
+
+impl Actor for Relay {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.census.actor_started();
+        ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.census.actor_stopped();
+    }
+}
+
+impl Handler<Flush> for Relay {
+    type Result = ResponseActFuture<Self, Result<(usize, i64), String>>;
+
+    /// Rounds until the outbox is empty, Redis fails, or `until`.
+    fn handle(&mut self, msg: Flush, _: &mut Context<Self>) -> Self::Result {
+        let holds = self.holds.load(Ordering::Acquire);
+        let (pool, client, conn) = (self.pool.clone(), self.client.clone(), self.conn.take());
+        let flush = async move {
+            if !holds {
+                let db = pool.get().await.map_err(|e| e.to_string())?;
+                let left: i64 = db
+                    .query_one("SELECT count(*) FROM outbox", &[])
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .get(0);
+                return Ok((None, 0, left));
+            }
+            let (mut conn, mut flushed) = (conn, 0);
+            loop {
+                let round = publish_round(pool.clone(), client.clone(), conn.take());
+                match tokio::time::timeout_at(msg.until, round).await {
+                    Ok(Ok((c, added, left))) => {
+                        flushed += added;
+                        conn = Some(c);
+                        if left == 0 {
+                            return Ok((conn, flushed, 0));
+                        }
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
+                        let db = pool.get().await.map_err(|e| e.to_string())?;
+                        let left: i64 = db
+                            .query_one("SELECT count(*) FROM outbox", &[])
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .get(0);
+                        return Ok((None, flushed, left));
+                    }
+                }
+            }
+        };
+        Box::pin(flush.into_actor(self).map(|done, act, _| match done {
+            Ok((conn, flushed, left)) => {
+                act.conn = conn;
+                act.metrics.published.inc_by(flushed as u64);
+                act.metrics.pending.set(left);
+                Ok((flushed, left))
+            }
+            Err(e) => Err(e),
+        }))
+    }
+}
+
+impl Handler<StopActor> for Relay {
+    type Result = ();
+
+    fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {
+        info!("relay stopped");
+        ctx.stop();
+    }
+}
