@@ -19,7 +19,9 @@
 //! phase (its name, duration and error), through the global OpenTelemetry
 //! tracer — the binary decides where it goes.
 
+use std::cell::RefCell;
 use std::future::Future;
+use std::rc::Rc;
 use std::time::Duration;
 
 use actix::Message;
@@ -70,9 +72,17 @@ pub struct PhaseCtx {
     /// drain's outcome once it has one, the exit code it will give.
     pub report: Report,
     control: watch::Receiver<Control>,
+    /// What the phase says of itself in the report (see [`PhaseCtx::note`]).
+    note: Rc<RefCell<Option<String>>>,
 }
 
 impl PhaseCtx {
+    /// A few words the report shows beside this phase's outcome, and the
+    /// records as the phase's `note` ("released", "flushed 12, left 0").
+    pub fn note(&self, note: impl Into<String>) {
+        *self.note.borrow_mut() = Some(note.into());
+    }
+
     /// The end of the shutdown budget, if it has started.
     pub fn budget_end(&self) -> Option<Instant> {
         self.control.borrow().budget_end
@@ -214,11 +224,13 @@ impl Lifecycle {
             }
             let last = i + 1 == count;
             let allowed = allowed(phase.timeout, control.borrow().budget_end, last);
+            let note = Rc::new(RefCell::new(None));
             let ctx = PhaseCtx {
                 deadline: Instant::now() + allowed,
                 order: order.clone(),
                 report: report(&records),
                 control: control.clone(),
+                note: note.clone(),
             };
             let mut span = tracer.start_with_context(phase.name, &trace);
             span.set_attribute(KeyValue::new("shutdown.phase", phase.name));
@@ -273,6 +285,7 @@ impl Lifecycle {
                 name: phase.name,
                 took,
                 result,
+                note: note.borrow_mut().take(),
             };
             records.push(record);
             if before_exit == Some(phase.name) {

@@ -134,10 +134,12 @@ pub(crate) fn register_relay(
         match tokio::time::timeout_at(ctx.deadline, lease.send(lease::Release)).await {
             Ok(Ok(Ok(true))) => {
                 info!("lease released: a standby takes it over now");
+                ctx.note("released");
                 Ok(())
             }
             Ok(Ok(Ok(false))) => {
                 info!("lease not held (a standby): nothing to release");
+                ctx.note("not held");
                 Ok(())
             }
             Ok(Ok(Err(e))) => Err(format!("the lease was not released: {e}")),
@@ -151,12 +153,15 @@ pub(crate) fn register_relay(
     engine.on_stop("flush_events", move |ctx| async move {
         let until = ctx.deadline - FLUSH_MARGIN;
         match tokio::time::timeout_at(ctx.deadline, relay.send(relay::Flush { until })).await {
-            Ok(Ok(Ok((flushed, 0)))) => {
-                info!("events flushed: {flushed}; none left in the outbox");
-                Ok(())
-            }
             Ok(Ok(Ok((flushed, left)))) => {
-                warn!("events flushed: {flushed}; {left} left in the outbox for the next holder");
+                if left == 0 {
+                    info!("events flushed: {flushed}; none left in the outbox");
+                } else {
+                    warn!(
+                        "events flushed: {flushed}; {left} left in the outbox for the next holder"
+                    );
+                }
+                ctx.note(format!("{flushed} flushed, {left} left"));
                 Ok(())
             }
             Ok(Ok(Err(e))) => Err(format!("events not flushed ({e}): they stay in the outbox")),

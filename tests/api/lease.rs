@@ -147,6 +147,10 @@ fn a_release_never_deletes_another_holders_lease() {
     assert_eq!(key.token().as_deref(), Some("another-holder"));
     let log = server.log();
     assert!(log.contains("lease not held"), "{log}");
+    assert!(
+        log.contains("ms ok (not held), "),
+        "the report says so: {log}"
+    );
 }
 
 #[test]

@@ -177,6 +177,22 @@ fn after_a_drain_under_load_the_stream_holds_each_committed_job_once() {
     assert!(acknowledged.iter().all(|id| published.contains(id)));
     let log = server.log();
     assert!(log.contains("none left in the outbox"), "{log}");
+    // The report and drain_complete say what the flush and the release did.
+    let report = log
+        .lines()
+        .find(|l| l.contains("shutdown report: "))
+        .unwrap_or_default();
+    assert!(report.contains(" flushed, 0 left), "), "{report}");
+    assert!(report.contains("ms ok (released), "), "{report}");
+    let note = |phase: &str| {
+        db.value(&format!(
+            "SELECT p->>'note' FROM drainevent, jsonb_array_elements(details->'phases') p \
+             WHERE event_type = 'drain_complete' AND p->>'phase' = '{phase}'"
+        ))
+    };
+    assert_eq!(note("release_lease"), Some("released".into()));
+    let flushed = note("flush_events").expect("a note");
+    assert!(flushed.ends_with(" flushed, 0 left"), "{flushed}");
 }
 
 #[test]

@@ -102,11 +102,15 @@ impl Report {
             .phases
             .iter()
             .map(|p| {
-                serde_json::json!({
+                let mut phase = serde_json::json!({
                     "phase": p.name,
                     "duration_ms": u64::try_from(p.took.as_millis()).unwrap_or(u64::MAX),
                     "outcome": p.result.to_string(),
-                })
+                });
+                if let Some(note) = &p.note {
+                    phase["note"] = note.clone().into();
+                }
+                phase
             })
             .collect();
         let mut map = serde_json::Map::new();
@@ -144,7 +148,10 @@ impl fmt::Display for Report {
         let phases: Vec<String> = self
             .phases
             .iter()
-            .map(|p| format!("{} {} ms {}", p.name, p.took.as_millis(), p.result))
+            .map(|p| match &p.note {
+                None => format!("{} {} ms {}", p.name, p.took.as_millis(), p.result),
+                Some(note) => format!("{} {} ms {} ({note})", p.name, p.took.as_millis(), p.result),
+            })
             .collect();
         let persistent: Vec<String> = self
             .persistent
@@ -207,6 +214,8 @@ pub struct PhaseRecord {
     pub took: Duration,
     /// How it ended.
     pub result: PhaseResult,
+    /// What it said of itself ([`crate::PhaseCtx::note`]).
+    pub note: Option<String>,
 }
 
 #[cfg(test)]
@@ -228,6 +237,7 @@ mod tests {
             name: "drain",
             took: Duration::from_millis(12),
             result: PhaseResult::Done,
+            note: None,
         }];
         let report = Report::new(
             Some(Trigger::Signal(ShutdownSignal::Terminate)),
