@@ -246,3 +246,39 @@ fn a_redis_outage_never_touches_the_api_and_the_events_arrive_after_it() {
     assert_eq!(server.wait_exit(PATIENCE).0, 0);
     assert_eq!(db.count("SELECT count(*)::text FROM outbox"), 0);
 }
+
+#[test]
+fn a_standby_takes_a_released_lease_and_publishes() {
+    let db = TestDb::create();
+    let redis = TestRedis::start();
+    let mut holder = start(&db, &redis, "10000");
+    post_work(holder.port, r#"{"name":"by-the-holder"}"#);
+    redis.wait_for(1);
+    let mut standby = start(&db, &redis, "10000");
+    holder.signal(libc::SIGTERM);
+    assert_eq!(holder.wait_exit(PATIENCE).0, 0);
+    let res = post_work(standby.port, r#"{"name":"by-the-standby"}"#);
+    assert_eq!(res.status, 201);
+    let ids = redis.wait_for(2);
+    assert_eq!(ids[1], res.json()["id"].as_str().expect("id"));
+    standby.signal(libc::SIGTERM);
+    assert_eq!(standby.wait_exit(PATIENCE).0, 0);
+    assert_stream_is_the_jobs(&redis.stream(), &db);
+}
+
+/// Without `REDIS_URL` nothing of this runs: no lease, no relay phases, and
+/// no outbox rows (nothing would ever drain them).
+#[test]
+fn without_redis_no_outbox_row_is_written() {
+    let db = TestDb::create();
+    let mut server = Server::start(&db, &[]);
+    assert_eq!(post_work(server.port, r#"{"name":"plain"}"#).status, 201);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(PATIENCE).0, 0);
+    assert_eq!(db.count("SELECT count(*)::text FROM outbox"), 0);
+    let log = server.log();
+    assert!(
+        !log.contains("flush_events") && !log.contains("release_lease"),
+        "{log}"
+    );
+}
