@@ -130,12 +130,19 @@ async fn publish_round(
     db.execute("DELETE FROM outbox WHERE seq = ANY($1)", &[&seqs])
         .await
         .map_err(|e| e.to_string())?;
-    let left: i64 = db
+    drop(db);
+    let left = outbox_left(&pool).await?;
+    Ok((conn, added.iter().filter(|&&a| a == 1).count(), left))
+}
+
+/// How many rows the outbox holds.
+async fn outbox_left(pool: &Pool) -> Result<i64, String> {
+    let db = pool.get().await.map_err(|e| e.to_string())?;
+    let row = db
         .query_one("SELECT count(*) FROM outbox", &[])
         .await
-        .map_err(|e| e.to_string())?
-        .get(0);
-    Ok((conn, added.iter().filter(|&&a| a == 1).count(), left))
+        .map_err(|e| e.to_string())?;
+    Ok(row.get(0))
 }
 
 impl Relay {
@@ -219,13 +226,7 @@ impl Handler<Flush> for Relay {
         let (pool, client, conn) = (self.pool.clone(), self.client.clone(), self.conn.take());
         let flush = async move {
             if !holds {
-                let db = pool.get().await.map_err(|e| e.to_string())?;
-                let left: i64 = db
-                    .query_one("SELECT count(*) FROM outbox", &[])
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .get(0);
-                return Ok((None, 0, left));
+                return Ok((None, 0, outbox_left(&pool).await?));
             }
             let (mut conn, mut flushed) = (conn, 0);
             loop {
@@ -239,15 +240,7 @@ impl Handler<Flush> for Relay {
                         }
                     }
                     Ok(Err(e)) => return Err(e),
-                    Err(_) => {
-                        let db = pool.get().await.map_err(|e| e.to_string())?;
-                        let left: i64 = db
-                            .query_one("SELECT count(*) FROM outbox", &[])
-                            .await
-                            .map_err(|e| e.to_string())?
-                            .get(0);
-                        return Ok((None, flushed, left));
-                    }
+                    Err(_) => return Ok((None, flushed, outbox_left(&pool).await?)),
                 }
             }
         };
