@@ -255,6 +255,14 @@ if [ "$persistent" != 0 ]; then
         die "bench/persistent.sh failed (raw outputs and logs: $out/persistent)"
 fi
 
+# --- the outbox and the relay (bench/relay.sh): printed, not written to the docs -----
+if [ "${BENCH_RELAY:-1}" = 1 ] && [ "$persistent" != only ] && [ "$hello" != only ]; then
+    say "outbox and relay: ${BENCH_RELAY_ROUNDS:-3} round(s) of bench/relay.sh"
+    BENCH_SECONDS=$duration BENCH_WARMUP=$warmup bash bench/relay.sh >"$out/relay.md" ||
+        die "bench/relay.sh failed"
+    cat "$out/relay.md"
+fi
+
 # --- report ------------------------------------------------------------------------
 mem_kib=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo 2>/dev/null || true)
 cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)

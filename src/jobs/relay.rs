@@ -84,12 +84,13 @@ pub struct Relay {
 }
 
 /// One round: publish the oldest rows, delete them; answers the connection,
-/// how many were added to the stream, and how many rows are left.
+/// how many were added to the stream, and how many rows it took (fewer than
+/// [`BATCH`]: the outbox is empty now, but for rows committed meanwhile).
 async fn publish_round(
     pool: Pool,
     client: redis::Client,
     conn: Option<MultiplexedConnection>,
-) -> Result<(MultiplexedConnection, usize, i64), String> {
+) -> Result<(MultiplexedConnection, usize, usize), String> {
     let db = pool.get().await.map_err(|e| e.to_string())?;
     let rows = db
         .query(
@@ -108,6 +109,7 @@ async fn publish_round(
     if rows.is_empty() {
         return Ok((conn, 0, 0));
     }
+    let taken = rows.len();
     let retention = u64::try_from(RETENTION.as_millis()).unwrap_or(u64::MAX);
     let mut pipe = redis::pipe();
     for row in &rows {
@@ -130,9 +132,7 @@ async fn publish_round(
     db.execute("DELETE FROM outbox WHERE seq = ANY($1)", &[&seqs])
         .await
         .map_err(|e| e.to_string())?;
-    drop(db);
-    let left = outbox_left(&pool).await?;
-    Ok((conn, added.iter().filter(|&&a| a == 1).count(), left))
+    Ok((conn, added.iter().filter(|&&a| a == 1).count(), taken))
 }
 
 /// How many rows the outbox holds.
@@ -180,18 +180,20 @@ impl Relay {
         ctx.spawn(round.into_actor(self).map(|done, act, ctx| {
             act.busy = false;
             match done {
-                Ok((conn, added, left)) => {
+                Ok((conn, added, taken)) => {
                     act.conn = Some(conn);
                     act.retry_at = None;
                     act.backoff = TICK;
                     act.metrics.published.inc_by(added as u64);
-                    act.metrics.pending.set(left);
-                    if left > 0 {
+                    if i64::try_from(taken).unwrap_or(BATCH) == BATCH {
                         // More waiting: go on at once.
                         act.tick(ctx);
+                    } else {
+                        act.metrics.pending.set(0);
                     }
                 }
                 Err(e) => {
+                    act.count_pending(ctx);
                     warn!(
                         "relay: cannot publish ({e}); retrying in {} ms",
                         act.backoff.as_millis()
@@ -201,6 +203,24 @@ impl Relay {
                 }
             }
         }));
+    }
+}
+
+impl Relay {
+    /// Counts the outbox for `drainer_outbox_pending` (while Redis fails, the
+    /// outbox grows; while it works, a round that takes fewer than a batch
+    /// has emptied it).
+    fn count_pending(&mut self, ctx: &mut Context<Self>) {
+        let pool = self.pool.clone();
+        ctx.spawn(
+            async move { outbox_left(&pool).await }
+                .into_actor(self)
+                .map(|left, act, _| {
+                    if let Ok(left) = left {
+                        act.metrics.pending.set(left);
+                    }
+                }),
+        );
     }
 }
 
@@ -232,11 +252,11 @@ impl Handler<Flush> for Relay {
             loop {
                 let round = publish_round(pool.clone(), client.clone(), conn.take());
                 match tokio::time::timeout_at(msg.until, round).await {
-                    Ok(Ok((c, added, left))) => {
+                    Ok(Ok((c, added, taken))) => {
                         flushed += added;
                         conn = Some(c);
-                        if left == 0 {
-                            return Ok((conn, flushed, 0));
+                        if i64::try_from(taken).unwrap_or(BATCH) < BATCH {
+                            return Ok((conn, flushed, outbox_left(&pool).await?));
                         }
                     }
                     Ok(Err(e)) => return Err(e),
