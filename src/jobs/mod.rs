@@ -111,7 +111,7 @@ pub(crate) fn register_relay(
     let metrics = relay::RelayMetrics {
         pending: prometheus::IntGauge::new(
             "drainer_outbox_pending",
-            "Job events in the outbox not yet published (as the relay last saw it).",
+            "Job events in the outbox not yet published: 0 once a round empties it; counted while Redis fails and at the flush.",
         )?,
         published: prometheus::IntCounter::new(
             "drainer_events_published_total",
