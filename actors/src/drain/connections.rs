@@ -1,6 +1,7 @@
 //! The open connections, as the coordinator sees them: each one registered
 //! by a [`ConnGuard`] that the transport keeps for as long as the socket lives.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use actix::{Addr, Message, Recipient};
@@ -155,5 +156,96 @@ impl fmt::Debug for ConnGuard {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.closed.do_send(ConnectionClosed { id: self.id });
+    }
+}
+
+/// The open connections as the coordinator keeps them: how to ask each to
+/// close and what each carries, with the counts by kind kept as they change
+/// (the drain checks them after every close: no scan of every connection).
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    conns: HashMap<ConnId, Entry>,
+    /// Of them, `Exchange` ones.
+    exchanges: usize,
+    /// Of them, `Persistent` ones.
+    persistent: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    close: mpsc::UnboundedSender<Close>,
+    kind: ConnKind,
+}
+
+impl Registry {
+    fn count(&mut self, kind: ConnKind, up: bool) {
+        let n = match kind {
+            ConnKind::Exchange => &mut self.exchanges,
+            ConnKind::Persistent(_) => &mut self.persistent,
+            ConnKind::Closing => return,
+        };
+        *n = if up { *n + 1 } else { n.saturating_sub(1) };
+    }
+
+    /// A new connection, carrying exchanges.
+    pub(crate) fn opened(&mut self, id: ConnId, close: mpsc::UnboundedSender<Close>) {
+        let kind = ConnKind::Exchange;
+        if let Some(old) = self.conns.insert(id, Entry { close, kind }) {
+            self.count(old.kind, false);
+        }
+        self.count(kind, true);
+    }
+
+    /// `id` now carries `kind` (a persistent one stays persistent); answers
+    /// how to close it when it changed.
+    pub(crate) fn change(
+        &mut self,
+        id: ConnId,
+        kind: ConnKind,
+    ) -> Option<&mpsc::UnboundedSender<Close>> {
+        let old = self.conns.get(&id)?.kind;
+        if matches!(old, ConnKind::Persistent(_)) {
+            return None;
+        }
+        self.count(old, false);
+        self.count(kind, true);
+        let entry = self.conns.get_mut(&id)?;
+        entry.kind = kind;
+        Some(&entry.close)
+    }
+
+    /// `id` is gone.
+    pub(crate) fn closed(&mut self, id: ConnId) {
+        if let Some(old) = self.conns.remove(&id) {
+            self.count(old.kind, false);
+        }
+    }
+
+    /// Connections open.
+    pub(crate) fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Connections that could still carry a request.
+    pub(crate) fn exchanges(&self) -> usize {
+        self.exchanges
+    }
+
+    /// Persistent connections open.
+    pub(crate) fn persistent(&self) -> usize {
+        self.persistent
+    }
+
+    /// Asks every connection whose kind `persistent` matches (true: the
+    /// persistent ones; false: all the others) to `close`; answers how many.
+    pub(crate) fn tell(&self, persistent: bool, close: Close) -> usize {
+        let mut told = 0;
+        for entry in self.conns.values() {
+            if matches!(entry.kind, ConnKind::Persistent(_)) == persistent {
+                let _ = entry.close.send(close);
+                told += 1;
+            }
+        }
+        told
     }
 }

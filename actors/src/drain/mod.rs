@@ -29,7 +29,6 @@ mod connections;
 mod gate;
 mod state;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,7 +45,7 @@ use crate::metrics::Metrics;
 pub use connections::{
     Class, ClassFigures, Close, ConnGuard, ConnId, ConnIds, ConnKind, ConnectionChanged,
 };
-use connections::{ConnectionClosed, ConnectionOpened};
+use connections::{ConnectionClosed, ConnectionOpened, Registry};
 use gate::Gate;
 pub(crate) use gate::Parked;
 pub use gate::{Admission, Permit};
@@ -185,13 +184,6 @@ struct Cut {
     give_up: SpawnHandle,
 }
 
-/// One open connection, as the coordinator knows it.
-#[derive(Debug)]
-struct Conn {
-    close: mpsc::UnboundedSender<Close>,
-    kind: ConnKind,
-}
-
 /// See the module documentation.
 pub struct DrainCoordinator {
     state: State,
@@ -200,7 +192,7 @@ pub struct DrainCoordinator {
     /// Taken by `started`: where the gate says it emptied.
     emptied: Option<mpsc::UnboundedReceiver<()>>,
     /// The open connections, what each carries, and how to ask each to close.
-    connections: HashMap<ConnId, Conn>,
+    connections: Registry,
     /// Whether the transport has closed its listener.
     listener_closed: bool,
     /// Whether `Quiet` has been reported (it is reported once).
@@ -247,7 +239,7 @@ impl DrainCoordinator {
             state: State::Active,
             gate,
             emptied: Some(emptied),
-            connections: HashMap::new(),
+            connections: Registry::default(),
             listener_closed: false,
             quiet: false,
             settled: false,
@@ -277,22 +269,6 @@ impl DrainCoordinator {
     /// starting the actor.
     pub fn farewell(&self) -> watch::Receiver<Farewell> {
         self.farewell.subscribe()
-    }
-
-    /// Connections that could still carry a request.
-    fn exchanges_open(&self) -> usize {
-        self.connections
-            .values()
-            .filter(|c| c.kind == ConnKind::Exchange)
-            .count()
-    }
-
-    /// Persistent connections open.
-    fn persistent_open(&self) -> usize {
-        self.connections
-            .values()
-            .filter(|c| matches!(c.kind, ConnKind::Persistent(_)))
-            .count()
     }
 
     /// Tells the persistent connections `to` (a goodbye is said once; a
@@ -479,7 +455,10 @@ impl DrainCoordinator {
             return;
         }
         if admitting {
-            if !self.listener_closed || self.exchanges_open() > 0 || self.gate.in_flight() > 0 {
+            if !self.listener_closed
+                || self.connections.exchanges() > 0
+                || self.gate.in_flight() > 0
+            {
                 return;
             }
             if let State::Draining(d) = &mut self.state {
@@ -532,13 +511,7 @@ impl DrainCoordinator {
     /// (The persistent connections are `close_persistent`'s.)
     fn force_quiet(&mut self, ctx: &mut Context<Self>) {
         self.linger_timer = None;
-        let mut forced = 0;
-        for conn in self.connections.values() {
-            if !matches!(conn.kind, ConnKind::Persistent(_)) {
-                let _ = conn.close.send(Close::Now);
-                forced += 1;
-            }
-        }
+        let forced = self.connections.tell(false, Close::Now);
         if forced > 0 {
             info!("closing {forced} connection(s) still open past the deadline");
         }
@@ -552,7 +525,7 @@ impl DrainCoordinator {
     fn check_quiet(&mut self, ctx: &mut Context<Self>) {
         if matches!(self.state, State::Stopped(_))
             && self.listener_closed
-            && self.connections.len() == self.persistent_open()
+            && self.connections.len() == self.connections.persistent()
         {
             self.report_quiet(ctx);
         }
@@ -560,7 +533,7 @@ impl DrainCoordinator {
 
     /// Quiet and no persistent connection left: `Settled` (once).
     fn check_settled(&mut self) {
-        if self.quiet && !self.settled && self.persistent_open() == 0 {
+        if self.quiet && !self.settled && self.connections.persistent() == 0 {
             self.settled = true;
             self.report_to.do_send(DrainReport::Settled);
         }
@@ -568,13 +541,7 @@ impl DrainCoordinator {
 
     /// Closes every persistent connection now.
     fn close_persistent(&mut self) {
-        let mut closed = 0;
-        for conn in self.connections.values() {
-            if matches!(conn.kind, ConnKind::Persistent(_)) {
-                let _ = conn.close.send(Close::Now);
-                closed += 1;
-            }
-        }
+        let closed = self.connections.tell(true, Close::Now);
         if closed > 0 {
             info!("closing {closed} persistent connection(s) now");
         }
@@ -595,13 +562,7 @@ impl DrainCoordinator {
     /// still awaits its response keeps serving it, and closes after it.
     /// (A persistent connection is never idle: it has had its goodbye.)
     fn close_idle(&mut self) {
-        let mut asked = 0;
-        for conn in self.connections.values() {
-            if !matches!(conn.kind, ConnKind::Persistent(_)) {
-                let _ = conn.close.send(Close::IfIdle);
-                asked += 1;
-            }
-        }
+        let asked = self.connections.tell(false, Close::IfIdle);
         if asked > 0 {
             info!("asking {asked} connection(s) to close once idle");
         }
@@ -648,13 +609,7 @@ impl Handler<ConnectionOpened> for DrainCoordinator {
 
     /// Remembers a connection (and how to close it).
     fn handle(&mut self, msg: ConnectionOpened, _: &mut Context<Self>) {
-        self.connections.insert(
-            msg.id,
-            Conn {
-                close: msg.close,
-                kind: ConnKind::Exchange,
-            },
-        );
+        self.connections.opened(msg.id, msg.close);
     }
 }
 
@@ -664,18 +619,13 @@ impl Handler<ConnectionChanged> for DrainCoordinator {
     /// A connection now carries something else: a persistent one no longer
     /// holds the drain; a closing one carries no other request.
     fn handle(&mut self, msg: ConnectionChanged, ctx: &mut Context<Self>) {
-        let Some(conn) = self.connections.get_mut(&msg.id) else {
+        // (A persistent connection stays persistent.)
+        let forced = *self.farewell.borrow() == Farewell::Forced;
+        let Some(close) = self.connections.change(msg.id, msg.kind) else {
             return;
         };
-        if matches!(conn.kind, ConnKind::Persistent(_)) {
-            // Persistent for good.
-            return;
-        }
-        conn.kind = msg.kind;
-        if matches!(msg.kind, ConnKind::Persistent(_))
-            && *self.farewell.borrow() == Farewell::Forced
-        {
-            let _ = conn.close.send(Close::Now);
+        if matches!(msg.kind, ConnKind::Persistent(_)) && forced {
+            let _ = close.send(Close::Now);
         }
         self.check_work_done(ctx);
         self.check_quiet(ctx);
@@ -698,7 +648,7 @@ impl Handler<ConnectionClosed> for DrainCoordinator {
 
     /// Forgets a connection; the last one may make the service quiet.
     fn handle(&mut self, msg: ConnectionClosed, ctx: &mut Context<Self>) {
-        self.connections.remove(&msg.id);
+        self.connections.closed(msg.id);
         self.check_work_done(ctx);
         self.check_quiet(ctx);
         self.check_settled();
@@ -775,7 +725,7 @@ impl Handler<GetSnapshot> for DrainCoordinator {
             state: self.current(),
             in_flight: self.gate.in_flight(),
             connections: self.connections.len(),
-            persistent: self.persistent_open(),
+            persistent: self.connections.persistent(),
             completed_in_drain: self.gate.completed_in_drain(),
             outcome: match self.state {
                 State::Stopped(outcome) => Some(outcome),

@@ -149,20 +149,9 @@ impl Sse {
             self.held.body_ended();
             return None;
         }
-        match self.pending.take() {
-            Some(Some(Err(Lagged))) => {
-                self.drop_lagging();
-                return None;
-            }
-            Some(None) => {
-                self.held.body_ended();
-                return None;
-            }
-            Some(Some(Ok(event))) => {
-                let chunk = self.batch(event);
-                return Some((Ok(chunk), self));
-            }
-            None => {}
+        if let Some(item) = self.pending.take() {
+            let chunk = self.item(item)?;
+            return Some((Ok(chunk), self));
         }
         let keepalive = tokio::time::sleep_until(after(self.keepalive));
         tokio::pin!(keepalive);
@@ -176,32 +165,41 @@ impl Sse {
                 self.ended = true;
                 farewell_chunk(self.retry)
             }
-            event = self.events.next() => match event {
-                Some(Ok(event)) => {
-                    if self.persistence.tally.open(Class::Sse) >= GATHER_FROM {
-                        // Let the events that follow it gather (one write,
-                        // one wake-up for many), unless the goodbye comes.
-                        let gather = tokio::time::sleep(GATHER);
-                        tokio::select! {
-                            biased;
-                            _ = goodbye(&mut self.farewell) => {}
-                            () = gather => {}
-                        }
+            item = self.events.next() => {
+                if matches!(item, Some(Ok(_)))
+                    && self.persistence.tally.open(Class::Sse) >= GATHER_FROM
+                {
+                    // Let the events that follow it gather (one write, one
+                    // wake-up for many), unless the goodbye comes.
+                    let gather = tokio::time::sleep(GATHER);
+                    tokio::select! {
+                        biased;
+                        _ = goodbye(&mut self.farewell) => {}
+                        () = gather => {}
                     }
-                    self.batch(event)
                 }
-                Some(Err(Lagged)) => {
-                    self.drop_lagging();
-                    return None;
-                }
-                None => {
-                    self.held.body_ended();
-                    return None;
-                }
-            },
+                self.item(item)?
+            }
             () = &mut keepalive => Bytes::from_static(b": keepalive\n\n"),
         };
         Some((Ok(chunk), self))
+    }
+
+    /// What to send for an item of the application's stream: its event and
+    /// the ones ready after it; nothing once it lagged or ended (the body
+    /// then ends, and the connection closes once that is written).
+    fn item(&mut self, item: Option<Result<Event, Lagged>>) -> Option<Bytes> {
+        match item {
+            Some(Ok(event)) => Some(self.batch(event)),
+            Some(Err(Lagged)) => {
+                self.drop_lagging();
+                None
+            }
+            None => {
+                self.held.body_ended();
+                None
+            }
+        }
     }
 
     /// `first` and whatever else is ready now, as one chunk. (A lag or the
