@@ -28,6 +28,10 @@
 #               ignore the Close), RSS per idle WebSocket (10,000 open), and POST /work
 #               throughput (wrk -c32) without and with 1000 SSE subscribers; its client is
 #               cargo build --release -p persistent-load (target/release/persistent-load)
+#   relay       bench/relay.sh, drainer only: POST /work (wrk -c32) without and with
+#               REDIS_URL (outbox + relay) and the publish lag, BENCH_RELAY_ROUNDS rounds;
+#               then the crash run, BENCH_RELAY_KILLS SIGKILLs of the lease holder among
+#               three instances under load, the stream compared with the jobs table
 # prints a markdown table of medians and drainer/bare ratios (and one of the hello
 # medians, spreads and engine/httpserver ratios, and the persistent section's) and writes
 # them into the results section of docs/benchmarks.md.
@@ -47,6 +51,8 @@
 #                                            build, no hello; prints its table and rewrites
 #                                            only its part of the docs' results section)
 #   BENCH_PERSISTENT_ROUNDS=3                rounds of each persistent measurement
+#   BENCH_RELAY=1                            0: skip the relay section (not run with =only above)
+#   BENCH_RELAY_ROUNDS=3 BENCH_RELAY_KILLS=5 relay rounds; SIGKILLs in the crash run (0: none)
 #   BENCH_WRITE_DOCS=1                       0: do not touch docs/benchmarks.md
 #   BENCH_OUT=<dir>                          keep wrk outputs and server logs there
 # Quick smoke run: BENCH_ROUNDS=1 BENCH_SECONDS=2 BENCH_WARMUP=1 BENCH_EXIT_RUNS=3 bench/run.sh
@@ -255,12 +261,11 @@ if [ "$persistent" != 0 ]; then
         die "bench/persistent.sh failed (raw outputs and logs: $out/persistent)"
 fi
 
-# --- the outbox and the relay (bench/relay.sh): printed, not written to the docs -----
+# --- the outbox and the relay, and the crash run (bench/relay.sh) ---------------------
 if [ "${BENCH_RELAY:-1}" = 1 ] && [ "$persistent" != only ] && [ "$hello" != only ]; then
     say "outbox and relay: ${BENCH_RELAY_ROUNDS:-3} round(s) of bench/relay.sh"
     BENCH_SECONDS=$duration BENCH_WARMUP=$warmup bash bench/relay.sh >"$out/relay.md" ||
         die "bench/relay.sh failed"
-    cat "$out/relay.md"
 fi
 
 # --- report ------------------------------------------------------------------------
@@ -568,6 +573,12 @@ if os.environ["_HELLO_MODE"] == "1":
 persistent_text = ""
 if os.environ["_PERSISTENT_MODE"] == "1":
     persistent_text = "\n" + persistent_block()
+relay_text = ""
+if os.path.exists(f"{out}/relay.md"):
+    with open(f"{out}/relay.md") as fh:
+        relay_text = ("\n### The outbox and the relay (bench/relay.sh)\n\n"
+                      f"{env.get('BENCH_RELAY_ROUNDS', '3')} rounds, then the crash run.\n\n"
+                      f"{fh.read().strip()}\n")
 
 section = f"""## Results
 
@@ -583,7 +594,7 @@ Per round:
 {chr(10).join(detail)}
 
 {chr(10).join(notes)}
-{hello_text}{persistent_text}"""
+{hello_text}{persistent_text}{relay_text}"""
 print("\n" + table + "\n" + stdin_table)
 print("\n".join(notes))
 if hello_text:
@@ -591,6 +602,8 @@ if hello_text:
 if persistent_text:
     with open(f"{out}/persistent.md") as fh:
         print("\n" + fh.read().strip())
+if relay_text:
+    print(relay_text)
 
 if write_docs:
     path = DOC_PATH

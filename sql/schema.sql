@@ -48,11 +48,13 @@ ALTER TABLE ServerInstance ADD COLUMN IF NOT EXISTS last_seen_at TIMESTAMPTZ;
 
 -- The outbox: each job's event, written in the job's own statement when
 -- REDIS_URL is set; the lease holder's relay publishes it to the Redis stream
--- drainer:jobs and deletes it once Redis has acknowledged it.
+-- drainer:jobs and deletes it once Redis has acknowledged it. (job_id has no
+-- index of its own: each job writes its row once, and an index would cost
+-- every insert; databases made with an earlier UNIQUE keep it, harmlessly.)
 -- step: table outbox
 CREATE TABLE IF NOT EXISTS outbox (
     seq        bigserial PRIMARY KEY,
-    job_id     uuid NOT NULL UNIQUE,
+    job_id     uuid NOT NULL,
     name       text NOT NULL,
     created_at timestamptz NOT NULL
 );
