@@ -29,6 +29,9 @@ Shutdown (see docs/operations.md):
   At the end of the delay the listener closes: WebSockets get Close 1001, SSE
   streams a retry and a reconnect event, pending polls 204 (GET /ws, /events, /poll).
 
+Service manager: with NOTIFY_SOCKET set (systemd's Type=notify), READY=1 is sent
+once the listener accepts and STOPPING=1 when a drain begins.
+
 Telemetry: each shutdown is one OpenTelemetry trace, exported over OTLP/HTTP
 when OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set
 and OTEL_TRACES_EXPORTER is not \"none\"; otherwise not exported.
@@ -51,10 +54,21 @@ use drainer_engine::supervisor::defaults;
 /// 52600 ms.
 pub const SHUTDOWN_TIMEOUT_MS: u64 = 55_000;
 
+/// What `drainer <subcommand>` does instead of serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// GET a URL: exit 0 on a 2xx answer, 1 otherwise (a container HEALTHCHECK without curl).
+    Probe(crate::probe::ProbeArgs),
+}
+
 /// drainer: an HTTP service that drains in-flight work on shutdown and loses nothing.
 #[derive(Debug, Parser)]
-#[command(name = "drainer", version, about, after_help = AFTER_HELP)]
+#[command(name = "drainer", version, about, after_help = AFTER_HELP, disable_help_subcommand = true)]
 pub struct Config {
+    /// A subcommand instead of the server.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Speak the node protocol on stdin/stdout instead of serving HTTP (no database needed).
     #[arg(long)]
     pub stdin: bool,

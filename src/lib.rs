@@ -14,6 +14,8 @@
 //! - [`stdin`] — the stdin transport (`--stdin`): the node protocol's codec
 //!   and the node that feeds it to the same engine.
 //! - [`fields`] — field rules both transports share (`latency_ms`).
+//! - [`probe`] — `drainer probe <url>`: a health check client for images
+//!   without curl.
 //!
 //! The Supervisor, the DrainCoordinator, the accept loop, the probes, the
 //! drain policy, the admin listener, metrics and traces are the engine's.
@@ -22,5 +24,6 @@ pub mod config;
 pub mod fields;
 pub mod http;
 pub mod jobs;
+pub mod probe;
 pub mod startup;
 pub mod stdin;

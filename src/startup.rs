@@ -60,7 +60,13 @@ pub enum StartupError {
 }
 
 /// Runs drainer from the command line; answers the process exit code.
+/// `drainer probe …` is a client: it never starts the engine.
 pub fn run() -> std::process::ExitCode {
+    let mut args = std::env::args_os().skip(1).peekable();
+    if args.peek().is_some_and(|a| a == "probe") {
+        args.next();
+        return crate::probe::main(args);
+    }
     drainer_engine::main(start)
 }
 
@@ -80,6 +86,11 @@ async fn start(signals: Signals) -> Result<Report, StartupError> {
             return Err(StartupError::Config(line.to_string()));
         }
     };
+    if config.command.is_some() {
+        return Err(StartupError::Config(
+            "a subcommand comes first, alone: drainer probe <url>".into(),
+        ));
+    }
     init_logging();
     let telemetry = Telemetry::from_env().map_err(StartupError::Config)?;
     let report = if config.stdin {

@@ -46,6 +46,7 @@
 //! - [`signals`] — SIGTERM / SIGINT / SIGQUIT as a stream, installed first;
 //!   stray signals logged and ignored.
 //! - [`metrics`] — the Prometheus registry (the application adds its own families).
+//! - [`notify`] — `NOTIFY_SOCKET`: `READY=1` once accepting, `STOPPING=1` at the drain.
 //! - [`telemetry`] — where the shutdown trace goes (`OTEL_*` variables).
 //! - [`census`] — counts actors not stopped and tasks not finished: the leak check.
 //! - [`run`] — [`main`]: signals first, the run, the exit code.
@@ -105,6 +106,7 @@ pub mod engine;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
+pub mod notify;
 pub mod persistent;
 pub mod run;
 pub mod server;

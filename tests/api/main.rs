@@ -3,6 +3,7 @@
 
 mod batching;
 mod contract;
+mod deploy;
 mod downstream;
 mod faultproxy;
 mod faults;

@@ -254,6 +254,7 @@ where
                 };
                 let transport = super::start(listener, core, setup, workers);
                 info!("listening on {local} with {workers} worker(s)");
+                crate::notify::ready();
                 transport
             })
             .await

@@ -279,6 +279,7 @@ impl Supervisor {
             return;
         };
         info!("draining server");
+        crate::notify::stopping();
         // Sent now, so readiness turns 503 before anything else happens; its
         // answer (the count in flight) goes to the drain-begin hooks.
         let begun = self.coordinator.send(BeginDrain);
