@@ -9,10 +9,10 @@ CARGO ?= cargo
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test check doc bench fmt clippy build clean
+.PHONY: help run test check doc bench rolling-restart lint-deploy fmt clippy build clean
 
 # Fail early, with one line, when a cargo-based target is asked for without Rust.
-ifneq ($(filter run test check doc bench fmt clippy build clean,$(MAKECMDGOALS)),)
+ifneq ($(filter run test check doc bench rolling-restart fmt clippy build clean,$(MAKECMDGOALS)),)
   ifeq ($(shell command -v $(CARGO) 2>/dev/null),)
     $(error $(CARGO) not found: install Rust with rustup, see https://rustup.rs)
   endif
@@ -20,7 +20,7 @@ endif
 
 help: ## list the targets
 	@echo "usage: make <target>"
-	@awk -F ":.*## " '/^[a-z]+:.*## /{ printf "  %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@awk -F ":.*## " '/^[a-z-]+:.*## /{ printf "  %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 run: ## run the server (release build), admin listener on a free port; extra server args via ARGS="..."
 	@admin=$${ADMIN_PORT:-$$(scripts/free-port.sh)}; \
@@ -45,6 +45,12 @@ doc: ## build the API documentation (target/doc), warnings are errors
 
 bench: ## run the benchmarks (bench/run.sh)
 	bash bench/run.sh
+
+rolling-restart: ## the rolling-restart proof: 3 instances behind HAProxy and nginx, restarted under load (bench/rolling-restart.sh)
+	bash bench/rolling-restart.sh
+
+lint-deploy: ## check deploy/ with its own tools (kubernetes-validate, hadolint, systemd-analyze, haproxy -c, nginx -t)
+	bash scripts/lint-deploy.sh
 
 fmt: ## format all code
 	$(CARGO) fmt --all
