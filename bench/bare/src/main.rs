@@ -1,9 +1,10 @@
 //! Benchmark baseline: drainer's `POST /work` on bare actix-web + deadpool-postgres,
-//! with no drain tracking, stock `HttpServer` (default workers, default signal handling).
+//! with no drain tracking, stock `HttpServer` (default workers, default signal handling),
+//! and a `/readyz` that answers 200 while it runs.
 
 use std::{error::Error, time::Duration};
 
-use actix_web::{error, post, rt::time::sleep, web, App, HttpResponse, HttpServer};
+use actix_web::{error, get, post, rt::time::sleep, web, App, HttpResponse, HttpServer};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::NoTls;
@@ -51,6 +52,13 @@ async fn work(
     }))
 }
 
+/// What a service without readiness of its own answers a load balancer's
+/// health check: 200 while it runs (the rolling-restart proof checks it).
+#[get("/readyz")]
+async fn readyz() -> HttpResponse {
+    HttpResponse::Ok().body("ok")
+}
+
 #[actix_web::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let port: u16 = std::env::var("PORT").map_or(Ok(3000), |p| p.parse())?;
@@ -67,9 +75,14 @@ async fn main() -> Result<(), Box<dyn Error>> {
     pool.get().await?.batch_execute(SCHEMA).await?;
 
     let data = web::Data::new(pool);
-    HttpServer::new(move || App::new().app_data(data.clone()).service(work))
-        .bind(("0.0.0.0", port))?
-        .run()
-        .await?;
+    HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .service(work)
+            .service(readyz)
+    })
+    .bind(("0.0.0.0", port))?
+    .run()
+    .await?;
     Ok(())
 }

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "persistent-load",
-    about = "Load client for /ws, /events and /poll: drain accounting, idle sockets, SSE fan-out"
+    about = "Load client: /ws, /events and /poll (drain accounting, idle sockets, SSE fan-out) and POST /work under restarts"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -24,6 +24,9 @@ pub enum Command {
     Idle(IdleArgs),
     /// Open SSE streams and count `event: job` events per stream.
     Sse(SseArgs),
+    /// Keep connections busy with POST /work until SIGTERM/SIGINT, recording
+    /// every request's outcome and every acknowledged job's id.
+    Work(WorkArgs),
 }
 
 #[derive(Args)]
@@ -86,4 +89,30 @@ pub struct SseArgs {
     /// Stop this many seconds after `ready` (default: at SIGTERM/SIGINT only).
     #[arg(long)]
     pub seconds: Option<u64>,
+}
+
+#[derive(Args)]
+pub struct WorkArgs {
+    /// Server address, host:port.
+    #[arg(long)]
+    pub addr: String,
+    /// Create this file once every connection task has started.
+    #[arg(long = "ready-file")]
+    pub common_ready_file: Option<PathBuf>,
+    /// Connections kept busy.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// How many of them open a new connection for every request (the rest
+    /// keep theirs alive).
+    #[arg(long, default_value_t = 0)]
+    pub fresh: usize,
+    /// A request not answered within this long counts as `timeout`.
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    /// Every 201's job id, one per line.
+    #[arg(long)]
+    pub ids_file: PathBuf,
+    /// Every request: answered at (ms since the start), latency (ms), outcome; tab-separated.
+    #[arg(long)]
+    pub timeline_file: Option<PathBuf>,
 }

@@ -5,6 +5,8 @@
 //!   server drains.
 //! * `idle` holds WebSockets open (to measure server memory per socket).
 //! * `sse` counts `event: job` events over many subscribers.
+//! * `work` keeps connections busy with `POST /work` and records every
+//!   request's outcome (the rolling-restart and hot-restart proofs).
 //!
 //! Every subcommand prints exactly one JSON object on stdout; progress goes
 //! to stderr.
@@ -18,6 +20,7 @@ mod report;
 mod sse;
 mod subscribe;
 mod support;
+mod work;
 mod ws;
 mod ws_ignoring;
 
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
             cli::Command::Drain(args) => drain::run(args).await,
             cli::Command::Idle(args) => idle::run(args).await,
             cli::Command::Sse(args) => subscribe::run(args).await,
+            cli::Command::Work(args) => work::run(args).await,
         }
     });
     // Do not wait for the tasks still holding sockets (idle, timed-out drains).
