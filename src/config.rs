@@ -59,6 +59,8 @@ pub const SHUTDOWN_TIMEOUT_MS: u64 = 55_000;
 pub enum Command {
     /// GET a URL: exit 0 on a 2xx answer, 1 otherwise (a container HEALTHCHECK without curl).
     Probe(crate::probe::ProbeArgs),
+    /// Ask the instance on a control socket to start its successor: exit 0 once it took over, 2 otherwise.
+    Upgrade(crate::upgrade::UpgradeArgs),
 }
 
 /// drainer: an HTTP service that drains in-flight work on shutdown and loses nothing.
@@ -192,6 +194,18 @@ pub struct Config {
     /// The `retry:` an SSE stream is told at the goodbye: how long its client waits before reconnecting (ms).
     #[arg(long, env = "SSE_RETRY_MS", default_value_t = persistent::SSE_RETRY_MS)]
     pub sse_retry_ms: u64,
+
+    /// A unix socket (created 0600; its directory must not be writable by others) on which a successor can take this instance's listeners over (hot restart: --takeover, drainer upgrade).
+    #[arg(long, env = "CONTROL_SOCKET")]
+    pub control_socket: Option<std::path::PathBuf>,
+
+    /// Take the listeners over from the instance serving the control socket at this path, and serve them once it has stopped accepting (same configuration otherwise).
+    #[arg(long, value_name = "PATH")]
+    pub takeover: Option<std::path::PathBuf>,
+
+    /// How long a successor may take to be ready before the takeover is abandoned (ms).
+    #[arg(long, env = "TAKEOVER_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub takeover_timeout_ms: u64,
 }
 
 impl Config {
@@ -248,6 +262,11 @@ impl Config {
             name: self.lock_name.clone(),
             ttl: Duration::from_millis(self.lock_ttl_ms),
         }))
+    }
+
+    /// How long a successor may take to be ready.
+    pub fn takeover_timeout(&self) -> Duration {
+        Duration::from_millis(self.takeover_timeout_ms)
     }
 
     /// The downstream POST /work calls, when one is set.

@@ -16,6 +16,8 @@
 //! - [`fields`] — field rules both transports share (`latency_ms`).
 //! - [`probe`] — `drainer probe <url>`: a health check client for images
 //!   without curl.
+//! - [`upgrade`] — `drainer upgrade`: asks the running instance to start its
+//!   successor (hot restart), and how it starts one.
 //!
 //! The Supervisor, the DrainCoordinator, the accept loop, the probes, the
 //! drain policy, the admin listener, metrics and traces are the engine's.
@@ -27,3 +29,4 @@ pub mod jobs;
 pub mod probe;
 pub mod startup;
 pub mod stdin;
+pub mod upgrade;

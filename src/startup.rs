@@ -9,15 +9,17 @@ use std::time::Duration;
 use actix::{Actor, AsyncContext};
 use clap::error::ErrorKind;
 use clap::Parser;
+use drainer_engine::handoff::{ControlSocket, HandoffSettings, Successor};
 use drainer_engine::{
     Engine, Handle, Report, Server, ShutdownSignal, Signals, StartError, Telemetry,
 };
 use futures_util::{Stream, StreamExt};
-use log::info;
+use log::{info, warn};
+use std::rc::Rc;
 
 use crate::config::Config;
 use crate::http::{Jobs, Outcomes};
-use crate::jobs::db::{DbActor, DbError, DbSettings, Ping};
+use crate::jobs::db::{DbActor, DbError, DbSettings, Ping, RecordTakeover};
 use crate::jobs::feed::Feed;
 use crate::jobs::heartbeat::Heartbeat;
 
@@ -57,6 +59,9 @@ pub enum StartupError {
     /// The engine could not start.
     #[error("{0}")]
     Engine(StartError),
+    /// The control socket, or the takeover (`--takeover`).
+    #[error("{0}")]
+    Handoff(drainer_engine::handoff::HandoffError),
 }
 
 /// Runs drainer from the command line; answers the process exit code.
@@ -66,6 +71,10 @@ pub fn run() -> std::process::ExitCode {
     if args.peek().is_some_and(|a| a == "probe") {
         args.next();
         return crate::probe::main(args);
+    }
+    if args.peek().is_some_and(|a| a == "upgrade") {
+        args.next();
+        return crate::upgrade::main(args);
     }
     drainer_engine::main(start)
 }
@@ -88,7 +97,7 @@ async fn start(signals: Signals) -> Result<Report, StartupError> {
     };
     if config.command.is_some() {
         return Err(StartupError::Config(
-            "a subcommand comes first, alone: drainer probe <url>".into(),
+            "a subcommand comes first, alone: drainer probe <url>, drainer upgrade".into(),
         ));
     }
     init_logging();
@@ -178,18 +187,29 @@ where
         .map_err(|e| StartupError::Config(e.to_string()))?;
     let addr = SocketAddr::new(config.bind_address, config.port);
     // The port first: a second instance that cannot have it must never touch
-    // the live instance's ServerInstance row.
-    let listener = drainer_engine::bind(addr).map_err(|source| match source.kind() {
-        io::ErrorKind::AddrInUse => StartupError::PortInUse { port: config.port },
-        _ => StartupError::Bind { addr, source },
-    })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| StartupError::Bind { addr, source })?;
-    // Then the admin port, so an error names the port that failed.
-    let admin = match config.admin_port {
-        None => None,
-        Some(port) => Some(bind_admin(SocketAddr::new(config.admin_bind, port))?),
+    // the live instance's ServerInstance row. A successor never binds: it
+    // takes the running instance's listeners.
+    let (listening, local, admin) = match &config.takeover {
+        Some(path) => take_over(&config, path).await?,
+        None => {
+            let listener = drainer_engine::bind(addr).map_err(|source| match source.kind() {
+                io::ErrorKind::AddrInUse => StartupError::PortInUse { port: config.port },
+                _ => StartupError::Bind { addr, source },
+            })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| StartupError::Bind { addr, source })?;
+            // Then the admin port, so an error names the port that failed.
+            let admin = match config.admin_port {
+                None => None,
+                Some(port) => Some(bind_admin(SocketAddr::new(config.admin_bind, port))?),
+            };
+            let control = match &config.control_socket {
+                Some(path) => Some(ControlSocket::bind(path).map_err(StartupError::Handoff)?),
+                None => None,
+            };
+            (Listening::Bound { listener, control }, local, admin)
+        }
     };
 
     // Every stop hook registered (the actors' addresses exist before the
@@ -218,12 +238,21 @@ where
         .map_err(|e| StartupError::Config(e.to_string()))?;
 
     let host = config.instance_host();
+    let mut listening = listening;
+    let aborted = async {
+        match &mut listening {
+            // A takeover aborted while the database opens ends the successor now.
+            Listening::Takeover(successor) => successor.interrupted().await,
+            Listening::Bound { .. } => std::future::pending().await,
+        }
+    };
     let opened = tokio::select! {
         db = DbActor::open(&settings, &host, local.port()) => db.map_err(|e| match e {
             DbError::InvalidUrl => StartupError::Config(e.to_string()),
             e => StartupError::Database(e),
         })?,
         Some(signal) = signals.next() => return Ok(interrupted(signal)),
+        e = aborted => return Err(StartupError::Handoff(e)),
     };
     if let Some(start_relay) = relay {
         start_relay(opened.pool());
@@ -249,6 +278,8 @@ where
         downstream: config.downstream(),
     };
     let workers = config.worker_count();
+    let recorder = db.clone();
+    let census = engine.census().clone();
     let mut server = Server::new(move || crate::http::app(jobs.clone()))
         .workers(workers)
         .client_request_timeout(config.client_request_timeout())
@@ -262,11 +293,101 @@ where
                 }
             })
         })
-        .on_engine_answer(move |_, path, answer| outcomes.engine_answered(path, answer))
-        .listen(listener);
+        .on_engine_answer(move |_, path, answer| outcomes.engine_answered(path, answer));
+    let handoff = HandoffSettings {
+        timeout: config.takeover_timeout(),
+        successor: config
+            .control_socket
+            .clone()
+            .or_else(|| config.takeover.clone())
+            .map(|path| {
+                Rc::new(move || crate::upgrade::successor_command(path.clone()))
+                    as drainer_engine::handoff::control::SuccessorCommand
+            }),
+    };
+    server = match listening {
+        Listening::Bound { listener, control } => {
+            let server = server.listen(listener);
+            match control {
+                Some(control) => server.control_socket(control, handoff),
+                None => server,
+            }
+        }
+        Listening::Takeover(successor) => {
+            server
+                .takeover(successor, handoff)
+                .on_committed(move |predecessor| {
+                    census.spawn(async move {
+                        match recorder.send(RecordTakeover { predecessor }).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => warn!("takeover record skipped: {e}"),
+                            Err(_) => warn!("takeover record skipped: the database actor is gone"),
+                        }
+                    });
+                })
+        }
+    };
     serving(local, engine.handle());
     *server.engine() = engine;
     server.run().await.map_err(StartupError::Engine)
+}
+
+/// Where the HTTP listener comes from.
+enum Listening {
+    /// Bound here, with the control socket if `CONTROL_SOCKET` is set.
+    Bound {
+        listener: std::net::TcpListener,
+        control: Option<ControlSocket>,
+    },
+    /// Taken over from the running instance (`--takeover`).
+    Takeover(Successor),
+}
+
+/// `--takeover <path>`: the running instance's listeners, checked against
+/// this configuration (a successor keeps it: same port, an admin listener
+/// exactly when the predecessor had one, the same control socket).
+async fn take_over(
+    config: &Config,
+    path: &std::path::Path,
+) -> Result<(Listening, SocketAddr, Option<std::net::TcpListener>), StartupError> {
+    if config
+        .control_socket
+        .as_ref()
+        .is_some_and(|control| control != path)
+    {
+        return Err(StartupError::Config(format!(
+            "--takeover {} and CONTROL_SOCKET {} differ: a successor inherits the control socket",
+            path.display(),
+            config
+                .control_socket
+                .as_ref()
+                .map_or(String::new(), |c| c.display().to_string())
+        )));
+    }
+    let mut successor = Successor::connect(path, config.takeover_timeout())
+        .await
+        .map_err(StartupError::Handoff)?;
+    let local = successor
+        .http
+        .local_addr()
+        .map_err(|source| StartupError::Bind {
+            addr: SocketAddr::new(config.bind_address, config.port),
+            source,
+        })?;
+    if config.port != 0 && local.port() != config.port {
+        return Err(StartupError::Config(format!(
+            "the running instance listens on port {}, PORT is {}: a successor keeps the configuration",
+            local.port(),
+            config.port
+        )));
+    }
+    if config.admin_port.is_some() != successor.admin.is_some() {
+        return Err(StartupError::Config(
+            "ADMIN_PORT must be set exactly when the running instance has an admin listener".into(),
+        ));
+    }
+    let admin = successor.admin.take();
+    Ok((Listening::Takeover(successor), local, admin))
 }
 
 /// A shutdown signal before anything was served: stop, exit 0.

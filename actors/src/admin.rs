@@ -92,6 +92,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     census: Census,
 ) {
+    let handover = core.handover.clone();
     let factory = actix_http::HttpService::build()
         .keep_alive(KEEP_ALIVE)
         .h1(map_config(app(core, busy), |_| AppConfig::default()));
@@ -103,10 +104,18 @@ async fn accept_loop(
         }
     };
     let connections = stop.clone();
+    let accepting = handover.accepting();
+    // A successor's admin listener accepts once the takeover is committed.
+    tokio::select! {
+        biased;
+        _ = stop.wait_for(|s| *s) => return,
+        _ = handover.opened() => {}
+    }
     loop {
         tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => return,
+            _ = handover.released() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     census.spawn(serve(service.clone(), stream, peer, connections.clone()));
@@ -115,6 +124,11 @@ async fn accept_loop(
             },
         }
     }
+    // Handed over: let go of this descriptor only; the connections already
+    // open are served until the stop.
+    drop(listener);
+    drop(accepting);
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Serves one connection until it closes or the listener stops.

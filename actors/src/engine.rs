@@ -15,8 +15,8 @@ use crate::lifecycle::{BudgetShort, PhaseCtx, StopActor};
 use crate::metrics::Metrics;
 use crate::signals::ShutdownSignal;
 use crate::supervisor::{
-    Ask, Asked, DrainBeginFn, Launch, Report, ShutdownSettings, StopHook, StopPlan, Supervisor,
-    Trigger,
+    Ask, Asked, DrainBeginFn, DrainBegun, Launch, Report, ShutdownSettings, StopHook, StopPlan,
+    Supervisor, Trigger,
 };
 use crate::transport::{Core, Transport};
 
@@ -29,6 +29,8 @@ pub struct Engine {
     metrics: Metrics,
     census: Census,
     admin: Option<std::net::TcpListener>,
+    /// The accept loops' gate (a successor's stays closed until its commit point).
+    pub(crate) handover: crate::handoff::Handover,
     signals: Option<futures_util::stream::LocalBoxStream<'static, ShutdownSignal>>,
     asks: (mpsc::UnboundedSender<Asked>, mpsc::UnboundedReceiver<Asked>),
     prestops: (
@@ -54,6 +56,7 @@ impl Engine {
             metrics: Metrics::new(),
             census: Census::default(),
             admin: None,
+            handover: crate::handoff::Handover::default(),
             signals: None,
             asks: mpsc::unbounded_channel(),
             prestops: mpsc::unbounded_channel(),
@@ -127,8 +130,9 @@ impl Engine {
         self
     }
 
-    /// Registers what to do when the drain begins; told the number in flight.
-    pub fn on_drain_begin(&mut self, begun: impl FnOnce(usize) + 'static) -> &mut Self {
+    /// Registers what to do when the drain begins; told the number in flight
+    /// and what began it ([`crate::DrainBegun`]).
+    pub fn on_drain_begin(&mut self, begun: impl FnOnce(DrainBegun) + 'static) -> &mut Self {
         self.drain_begin.push(Box::new(begun));
         self
     }
@@ -165,6 +169,11 @@ impl Engine {
     /// Whether an admin listener is set.
     pub fn has_admin(&self) -> bool {
         self.admin.is_some()
+    }
+
+    /// The admin listener, if set (a takeover hands it over too).
+    pub(crate) fn admin_listener(&self) -> Option<&std::net::TcpListener> {
+        self.admin.as_ref()
     }
 
     /// Takes the shutdown signals from `signals` (installed before anything
@@ -223,6 +232,7 @@ impl Engine {
             owned: self.owned,
             metrics: self.metrics,
             census: self.census,
+            handover: self.handover,
             admin: admin.map(|listener| {
                 Box::new(move |core: &Core| crate::admin::start(listener, core))
                     as crate::supervisor::AdminStart

@@ -40,6 +40,9 @@
 //! - [`transport`] — what a transport gets from the engine ([`Core`]) and the
 //!   messages between it and the Supervisor.
 //! - [`admin`] — the admin listener: `/metrics`, `/admin/prestop`.
+//! - [`handoff`] — hot restart: a successor takes the listening sockets over
+//!   a unix control socket (`SCM_RIGHTS`); the running instance then drains
+//!   as a handoff.
 //! - [`persistent`] — WebSockets, SSE streams and long-polls drained on
 //!   purpose: a goodbye as the listener closes, tracked apart from the
 //!   in-flight count, closed by `close_persistent`.
@@ -103,6 +106,7 @@ pub mod admin;
 pub mod census;
 pub mod drain;
 pub mod engine;
+pub mod handoff;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
@@ -128,7 +132,7 @@ pub use run::main;
 pub use server::listener::bind;
 pub use server::{Server, StartError};
 pub use signals::{ShutdownSignal, Signals};
-pub use supervisor::{phase, Report, ShutdownSettings, StopPlan, Trigger};
+pub use supervisor::{phase, DrainBegun, Report, ShutdownSettings, StopPlan, Trigger};
 pub use telemetry::Telemetry;
 pub use transport::{
     CloseListener, Core, PreStop, StopTransport, Transport, TransportDrain, TransportEnded,

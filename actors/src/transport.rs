@@ -36,6 +36,9 @@ pub struct Core {
     pub tally: Arc<Tally>,
     /// The persistent connections' settings.
     pub persistent: PersistentSettings,
+    /// The accept loops' gate: wait for a successor's commit point, let go
+    /// at the running instance's.
+    pub handover: crate::handoff::Handover,
 }
 
 impl Core {

@@ -58,9 +58,15 @@ const BEGIN_RECORD_TIMEOUT: Duration = Duration::from_secs(2);
 pub fn register_database(engine: &mut Engine, db: Addr<DbActor>) {
     let (begun_tx, begun) = oneshot::channel::<()>();
     let (writer, census) = (db.clone(), engine.census().clone());
-    engine.on_drain_begin(move |in_flight| {
+    engine.on_drain_begin(move |begun| {
         census.spawn(async move {
-            let write = writer.send(RecordDrainBegin { in_flight });
+            let write = writer.send(RecordDrainBegin {
+                in_flight: begun.in_flight,
+                successor: match begun.trigger {
+                    drainer_engine::Trigger::Takeover { successor } => Some(successor),
+                    _ => None,
+                },
+            });
             match tokio::time::timeout(BEGIN_RECORD_TIMEOUT, write).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(e))) => warn!("drain_begin record skipped: {e}"),
@@ -196,6 +202,10 @@ async fn close_database(
         None => (false, 0),
     };
     let complete = RecordDrainComplete {
+        successor: match ctx.order.trigger {
+            drainer_engine::Trigger::Takeover { successor } => Some(successor),
+            _ => None,
+        },
         success,
         remaining,
         report: report.fields(),

@@ -7,6 +7,7 @@ mod deploy;
 mod downstream;
 mod faultproxy;
 mod faults;
+mod handoff;
 mod hostile;
 mod lease;
 mod lifecycle;

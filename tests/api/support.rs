@@ -143,6 +143,12 @@ pub fn spawn(env: &[(&str, &str)]) -> Server {
     spawn_with(&[], env, Stdio::null(), Stdio::null()).0
 }
 
+/// Starts `drainer` with `args` and `env` (plus PORT=0 and RUST_LOG)
+/// without waiting.
+pub fn spawn_args(args: &[&str], env: &[(&str, &str)]) -> Server {
+    spawn_with(args, env, Stdio::null(), Stdio::null()).0
+}
+
 /// A `drainer --stdin` node: its stdin to write lines to, its stdout lines
 /// (with the time each arrived) to read.
 pub struct Node {
@@ -352,6 +358,32 @@ impl Server {
         self.exit.as_ref().expect("exit channel")
     }
 
+    /// Every line it wrote is in the log once stderr is closed — by it, and
+    /// by a successor it started, which inherits its stderr and may outlive
+    /// it (then the log is read on for a moment, not until that one exits).
+    fn read_to_end(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        if let Some(reader) = self.reader.take() {
+            while !reader.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+            if reader.is_finished() {
+                let _ = reader.join();
+            }
+        }
+    }
+
+    /// Waits for a process killed by `signal` to be gone (bounded).
+    pub fn wait_killed(&mut self, signal: i32, within: Duration) {
+        use std::os::unix::process::ExitStatusExt;
+        match self.exit_channel().recv_timeout(within) {
+            Ok((Ok(status), _)) => assert_eq!(status.signal(), Some(signal), "{status:?}"),
+            Ok((Err(e), _)) => panic!("waiting for drainer failed: {e}"),
+            Err(_) => panic!("drainer did not exit within {within:?}"),
+        }
+        self.read_to_end();
+    }
+
     /// Waits for the process to exit (bounded); answers its code and when it exited.
     pub fn wait_exit(&mut self, within: Duration) -> (i32, Instant) {
         match self.exit_channel().recv_timeout(within) {
@@ -359,10 +391,7 @@ impl Server {
                 let code = status
                     .code()
                     .unwrap_or_else(|| panic!("drainer died by a signal: {status:?}"));
-                // Every line it wrote is in the log once stderr is closed.
-                if let Some(reader) = self.reader.take() {
-                    let _ = reader.join();
-                }
+                self.read_to_end();
                 (code, at)
             }
             Ok((Err(e), _)) => panic!("waiting for drainer failed: {e}"),

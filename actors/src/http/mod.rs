@@ -46,6 +46,8 @@ pub(crate) struct EngineData {
     pub metrics: Metrics,
     /// Where a connection's change of kind is told (`Connection: close`).
     pub changed: actix::Recipient<ConnectionChanged>,
+    /// Whether the listeners were handed to a successor.
+    pub handover: crate::handoff::Handover,
 }
 
 /// What an `App<T>` is built from: the service factory `App::new()` and its

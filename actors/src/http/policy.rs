@@ -22,7 +22,7 @@ use actix_web::{web, HttpMessage, ResponseError};
 use super::error::EngineError;
 use super::work::Work;
 use super::{probes, EngineData};
-use crate::drain::{ConnId, ConnKind, ConnectionChanged};
+use crate::drain::{ConnId, ConnKind, ConnectionChanged, DrainState};
 use crate::server::Activity;
 
 /// See the module documentation.
@@ -41,6 +41,13 @@ pub(crate) async fn drain_policy<B: MessageBody + 'static>(
         // once admission has stopped, and is 405 before.
         let res = if req.method() == Method::GET {
             let state = *data.state.borrow();
+            // A handoff's drain is no outage: the successor serves. Its
+            // probes answer as before the drain.
+            let state = if data.handover.is_released() {
+                DrainState::Active
+            } else {
+                state
+            };
             probes::answer(probe, state, &data.readiness).await
         } else if data.admission.is_closed() {
             EngineError::ShuttingDown.error_response()

@@ -2,6 +2,7 @@
 //! `HttpServer::new(f).bind(a)?.run().await`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ use log::info;
 
 use super::{listener, WorkerSetup};
 use crate::engine::Engine;
+use crate::handoff::control::{describe, Listeners};
+use crate::handoff::{ControlSocket, HandoffSettings, Handover, Successor};
 use crate::http::{AppService, EngineData, EngineError, Probes, ReadinessCheck};
 use crate::lifecycle::BudgetShort;
 use crate::supervisor::{Report, ShutdownSettings};
@@ -52,6 +55,10 @@ pub enum StartError {
     /// The Supervisor stopped without a report (the System went away).
     #[error("the engine stopped without a report")]
     Lost,
+    /// The control socket could not be served, or a takeover failed before
+    /// its commit point (nothing was accepted).
+    #[error("{0}")]
+    Handoff(crate::handoff::HandoffError),
 }
 
 /// See the module documentation. `F` is the same `App` factory closure
@@ -66,6 +73,18 @@ pub struct Server<F> {
     on_engine_answer: Option<crate::http::OnEngineAnswer>,
     client_request_timeout: Duration,
     keep_alive: Duration,
+    /// The control socket successors connect to, and how it is served.
+    control: Option<(ControlSocket, HandoffSettings)>,
+    /// Set when this server takes over from a running instance.
+    takeover: Option<Takeover>,
+    /// Told the predecessor's pid at the commit point.
+    on_committed: Vec<Box<dyn FnOnce(u32)>>,
+}
+
+/// What a successor keeps until its commit point.
+struct Takeover {
+    channel: crate::handoff::channel::Channel,
+    predecessor: u32,
 }
 
 /// How long an idle connection stays open while serving normally, by
@@ -92,7 +111,42 @@ where
             on_engine_answer: None,
             client_request_timeout: CLIENT_REQUEST_TIMEOUT,
             keep_alive: KEEP_ALIVE,
+            control: None,
+            takeover: None,
+            on_committed: Vec::new(),
         }
+    }
+
+    /// Serves the control socket: a successor (see [`Server::takeover`]) can
+    /// take the listeners over, and an `upgrade` can start one
+    /// ([`crate::handoff`]).
+    pub fn control_socket(mut self, socket: ControlSocket, settings: HandoffSettings) -> Self {
+        self.control = Some((socket, settings));
+        self
+    }
+
+    /// Serves on the listeners `successor` received from the running
+    /// instance (the HTTP one, the admin one if any, and the control socket
+    /// for the next upgrade). Nothing is accepted before the commit point;
+    /// a takeover that fails before it ends [`Server::run`] with
+    /// [`StartError::Handoff`].
+    pub fn takeover(mut self, successor: Successor, settings: HandoffSettings) -> Self {
+        self.listener = Some(successor.http);
+        if let Some(admin) = successor.admin {
+            self.engine.admin(admin);
+        }
+        self.control = Some((successor.control, settings));
+        self.takeover = Some(Takeover {
+            channel: successor.channel,
+            predecessor: successor.predecessor,
+        });
+        self
+    }
+
+    /// Called with the predecessor's pid once a takeover has committed.
+    pub fn on_committed(mut self, committed: impl FnOnce(u32) + 'static) -> Self {
+        self.on_committed.push(Box::new(committed));
+        self
     }
 
     /// Sets the shutdown settings (see [`ShutdownSettings::from_env`]).
@@ -200,12 +254,36 @@ where
 
     /// Serves until the shutdown is over; answers its report. Signals are
     /// installed here unless [`Engine::signals`] gave them (see [`crate::main`]).
-    pub async fn run(self) -> Result<Report, StartError> {
-        let listener = self.listener.ok_or(StartError::NoListener)?;
+    pub async fn run(mut self) -> Result<Report, StartError> {
+        let listener = self.listener.take().ok_or(StartError::NoListener)?;
         let local = listener.local_addr().map_err(|source| StartError::Listen {
             addr: "the listener".into(),
             source,
         })?;
+        let takeover = self.takeover.take();
+        let listener_fd = listener.as_raw_fd();
+        if takeover.is_some() {
+            self.engine.handover = Handover::closed();
+        }
+        let handover = self.engine.handover.clone();
+        // What a successor would be handed: descriptors the accept loops own.
+        let control = match self.control.take() {
+            None => None,
+            Some((socket, settings)) => {
+                let listeners = Listeners {
+                    http: (listener.as_raw_fd(), describe(&listener)),
+                    admin: self
+                        .engine
+                        .admin_listener()
+                        .map(|l| (l.as_raw_fd(), describe(l))),
+                    control: (socket.raw_fd(), socket.path().to_path_buf(), socket.file()),
+                };
+                let (unix, remover) = socket.into_tokio().map_err(|e| {
+                    StartError::Handoff(crate::handoff::HandoffError::Protocol(e.to_string()))
+                })?;
+                Some((unix, remover, listeners, settings))
+            }
+        };
         // A listener bound with std is blocking; the accept loop needs it not to be.
         listener
             .set_nonblocking(true)
@@ -226,8 +304,16 @@ where
             self.on_engine_answer,
             self.client_request_timeout,
         );
-        self.engine
-            .run(move |core| {
+        let on_committed = std::mem::take(&mut self.on_committed);
+        let (failed_tx, failed) = tokio::sync::oneshot::channel();
+        let (serve_control, remover) = match control {
+            Some((unix, remover, listeners, settings)) => {
+                (Some((unix, listeners, settings)), Some(remover))
+            }
+            None => (None, None),
+        };
+        let inherited = takeover.is_some();
+        let run = self.engine.run(move |core| {
                 let setup = WorkerSetup {
                     factory,
                     data: EngineData {
@@ -239,6 +325,7 @@ where
                         client_request_timeout,
                         metrics: core.metrics.clone(),
                         changed: core.coordinator.clone().recipient(),
+                        handover: core.handover.clone(),
                     },
                     local,
                     census: core.census.clone(),
@@ -253,10 +340,67 @@ where
                     },
                 };
                 let transport = super::start(listener, core, setup, workers);
-                info!("listening on {local} with {workers} worker(s)");
-                crate::notify::ready();
+                if let Some((unix, listeners, settings)) = serve_control {
+                    let (core2, handover) = (core.clone(), core.handover.clone());
+                    core.census.spawn(crate::handoff::control::serve(
+                        unix, core2, handover, listeners, settings,
+                    ));
+                }
+                match takeover {
+                    None => {
+                        info!(
+                            "listening on {local} with {workers} worker(s){}",
+                            crate::handoff::inode_note(listener_fd)
+                        );
+                        crate::notify::ready();
+                    }
+                    Some(Takeover {
+                        mut channel,
+                        predecessor,
+                    }) => {
+                        info!(
+                            "takeover: ready on {local} with {workers} worker(s){}; \
+                             waiting for pid {predecessor} to stop accepting",
+                            crate::handoff::inode_note(listener_fd)
+                        );
+                        let handover = core.handover.clone();
+                        core.census.spawn(async move {
+                            match crate::handoff::successor::commit(&mut channel, predecessor).await {
+                                Ok(()) => {
+                                    crate::handoff::test_accept_delay().await;
+                                    handover.open();
+                                    info!("takeover committed: listening on {local} (predecessor pid {predecessor})");
+                                    crate::notify::send(&format!(
+                                        "MAINPID={}\nREADY=1",
+                                        std::process::id()
+                                    ));
+                                    for committed in on_committed {
+                                        committed(predecessor);
+                                    }
+                                }
+                                Err(e) => {
+                                    let _ = failed_tx.send(e);
+                                }
+                            }
+                        });
+                    }
+                }
                 transport
-            })
-            .await
+            });
+        let result = tokio::select! {
+            report = run => report,
+            Ok(e) = failed => Err(StartError::Handoff(e)),
+        };
+        // The control socket's path goes with a terminal exit of the process
+        // that bound it or last inherited it — not with a handoff, nor with a
+        // successor's failed takeover (the path is the running instance's).
+        if let Some(remover) = remover {
+            let handed_over = handover.is_released();
+            let failed_takeover = inherited && result.is_err();
+            if !handed_over && !failed_takeover {
+                remover.remove();
+            }
+        }
+        result
     }
 }

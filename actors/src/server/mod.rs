@@ -121,7 +121,12 @@ where
         workers: queues,
         next: 0,
     };
-    census.spawn(accept_loop(listener, close_rx, dispatcher));
+    census.spawn(accept_loop(
+        listener,
+        close_rx,
+        dispatcher,
+        core.handover.clone(),
+    ));
     let actor = HttpTransport {
         close: Some(close_tx),
         workers: arbiters,
@@ -165,15 +170,42 @@ impl Dispatcher {
     }
 }
 
-/// Accepts until told to close the listener.
+/// Accepts until told to close the listener, or until the listener is
+/// handed over to a successor ([`crate::handoff`]).
 async fn accept_loop(
     listener: TcpListener,
     mut close: oneshot::Receiver<oneshot::Sender<usize>>,
     mut dispatcher: Dispatcher,
+    handover: crate::handoff::Handover,
 ) {
+    let accepting = handover.accepting();
+    // A successor accepts nothing before its commit point. A close before it
+    // only drops this descriptor: the socket is still the running
+    // instance's, and closing it gracefully (the filter) would break it.
+    tokio::select! {
+        biased;
+        reply = &mut close => {
+            if let Ok(reply) = reply {
+                let _ = reply.send(0);
+            }
+            return;
+        }
+        _ = handover.opened() => {}
+    }
     loop {
         tokio::select! {
             biased;
+            _ = handover.released() => {
+                // Handed over at the commit point: let go of this descriptor
+                // only (deregistered as the tokio listener drops); no
+                // shutdown, no filter. Nothing is left to close later.
+                drop(listener);
+                drop(accepting);
+                if let Ok(reply) = close.await {
+                    let _ = reply.send(0);
+                }
+                return;
+            }
             reply = &mut close => {
                 let taken = match listener.into_std() {
                     Ok(std) => listener::close_gracefully(std, |s| dispatcher.dispatch(s)),

@@ -86,7 +86,16 @@ pub(crate) struct StopHook {
 }
 
 /// Told the number in flight when the drain begins.
-pub(crate) type DrainBeginFn = Box<dyn FnOnce(usize)>;
+pub(crate) type DrainBeginFn = Box<dyn FnOnce(DrainBegun)>;
+
+/// What a drain-begin hook ([`crate::Engine::on_drain_begin`]) is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainBegun {
+    /// Requests in flight when admission of new ones began to end.
+    pub in_flight: usize,
+    /// What began the drain.
+    pub trigger: Trigger,
+}
 
 /// A request to stop from a [`crate::Handle`] or a signal.
 pub(crate) struct Asked {
@@ -108,6 +117,8 @@ pub(crate) struct Launch {
     pub census: Census,
     /// The admin listener's stop step, once it is serving.
     pub admin: Option<AdminStart>,
+    /// The accept loops' gate.
+    pub handover: crate::handoff::Handover,
     pub asks: LocalBoxStream<'static, Asked>,
     pub prestops: LocalBoxStream<'static, oneshot::Sender<()>>,
 }
@@ -152,6 +163,7 @@ impl Supervisor {
                 metrics,
                 census,
                 admin,
+                handover,
                 asks,
                 prestops,
             } = launch;
@@ -177,6 +189,7 @@ impl Supervisor {
                 farewell,
                 tally: tally.clone(),
                 persistent: settings.persistent,
+                handover,
             };
             let transport = build(&core);
             let (control, _) = watch::channel(Control::default());
@@ -279,15 +292,19 @@ impl Supervisor {
             return;
         };
         info!("draining server");
-        crate::notify::stopping();
+        // A handoff is not a stop: the service manager's main process is the successor now.
+        if !matches!(order.trigger, Trigger::Takeover { .. }) {
+            crate::notify::stopping();
+        }
         // Sent now, so readiness turns 503 before anything else happens; its
         // answer (the count in flight) goes to the drain-begin hooks.
         let begun = self.coordinator.send(BeginDrain);
         let hooks = std::mem::take(&mut self.drain_begin);
+        let trigger = order.trigger;
         self.census.spawn(async move {
             let Ok(in_flight) = begun.await else { return };
             for hook in hooks {
-                hook(in_flight);
+                hook(DrainBegun { in_flight, trigger });
             }
         });
         // The order says how long the delay and the work may run (a prestop's
@@ -399,7 +416,11 @@ impl Supervisor {
         let exiting_before = self.exiting();
         let draining = exiting_before || (!active && !prestop);
         self.request_exit(ExitRule::Outcome);
-        let (delay, timeout) = (self.settings.shutdown_delay, self.settings.drain_timeout);
+        let (mut delay, timeout) = (self.settings.shutdown_delay, self.settings.drain_timeout);
+        if matches!(trigger, Trigger::Takeover { .. }) {
+            // No load balancer to tell: the successor accepts already.
+            delay = Duration::ZERO;
+        }
         match command_for(ask, draining) {
             Command::Drain => {
                 if active {
@@ -476,6 +497,25 @@ impl StreamHandler<Asked> for Supervisor {
 
     /// The triggers never end the Supervisor; only the shutdown does.
     fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+/// The handoff's drain: the listeners were handed to a successor.
+#[derive(Debug, actix::Message)]
+#[rtype(result = "()")]
+pub(crate) struct HandedOver {
+    /// The successor's pid.
+    pub successor: u32,
+}
+
+impl Handler<HandedOver> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: HandedOver, ctx: &mut Context<Self>) {
+        let trigger = Trigger::Takeover {
+            successor: msg.successor,
+        };
+        self.asked(Ask::Drain, trigger, ctx);
+    }
 }
 
 impl StreamHandler<oneshot::Sender<()>> for Supervisor {

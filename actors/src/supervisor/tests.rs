@@ -251,7 +251,7 @@ fn hooks_run_last_registered_first_with_the_figures_so_far() {
     let seen = Rc::new(RefCell::new(Vec::new()));
     let (s1, s2, s3) = (seen.clone(), seen.clone(), seen.clone());
     let mut engine = Engine::new(settings());
-    engine.on_drain_begin(move |in_flight| s3.borrow_mut().push(format!("begun {in_flight}")));
+    engine.on_drain_begin(move |begun| s3.borrow_mut().push(format!("begun {}", begun.in_flight)));
     engine.on_stop("registered_first", move |ctx| async move {
         let before: Vec<_> = ctx.report.phases.iter().map(|p| p.name).collect();
         s1.borrow_mut().push(format!("first after {before:?}"));

@@ -20,6 +20,12 @@ pub enum Trigger {
     EndOfInput,
     /// An embedder or a test asked through a [`crate::Handle`].
     Requested,
+    /// A successor took the listeners over ([`crate::handoff`]): a drain
+    /// without the delay and without readiness turning 503.
+    Takeover {
+        /// The successor's pid.
+        successor: u32,
+    },
 }
 
 impl fmt::Display for Trigger {
@@ -30,6 +36,7 @@ impl fmt::Display for Trigger {
             Trigger::ProtocolDrain => f.write_str("protocol drain"),
             Trigger::EndOfInput => f.write_str("end of input"),
             Trigger::Requested => f.write_str("requested"),
+            Trigger::Takeover { .. } => f.write_str("takeover"),
         }
     }
 }

@@ -155,18 +155,33 @@ pub struct WithdrawJob {
     pub id: Uuid,
 }
 
-/// Marks the instance draining and records `drain_begin`.
+/// Marks the instance draining and records `drain_begin` — or, for a
+/// handoff's drain, only records it: the endpoint never stopped, so the
+/// `serverinstance` row stays `active` for the successor.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), DbError>")]
 pub struct RecordDrainBegin {
     /// Requests in flight when the drain began.
     pub in_flight: usize,
+    /// The successor's pid, when a takeover began the drain.
+    pub successor: Option<u32>,
+}
+
+/// Records `takeover`: this process took the listeners over from `predecessor`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), DbError>")]
+pub struct RecordTakeover {
+    /// The predecessor's pid.
+    pub predecessor: u32,
 }
 
 /// Marks the instance stopped and records `drain_complete`.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), DbError>")]
 pub struct RecordDrainComplete {
+    /// The successor's pid, when a takeover began the drain (the row is
+    /// then left `active`, as in [`RecordDrainBegin`]).
+    pub successor: Option<u32>,
     /// Whether every request got its real answer.
     pub success: bool,
     /// Requests still in flight when the drain was cut short (0 on success).
@@ -514,14 +529,39 @@ impl Handler<WithdrawJob> for DbActor {
 impl Handler<RecordDrainBegin> for DbActor {
     type Result = ResponseFuture<Result<(), DbError>>;
 
-    /// status = draining, drain_started_at, inflight_count; a `drain_begin` event.
+    /// status = draining, drain_started_at, inflight_count; a `drain_begin`
+    /// event (a handoff's: the event alone, with both pids).
     fn handle(&mut self, msg: RecordDrainBegin, _: &mut Context<Self>) -> Self::Result {
-        let details = serde_json::json!({ "in_flight": msg.in_flight });
+        let mut details = serde_json::json!({ "in_flight": msg.in_flight });
+        let update = match msg.successor {
+            Some(successor) => {
+                details["reason"] = "takeover".into();
+                details["pid"] = std::process::id().into();
+                details["successor_pid"] = successor.into();
+                None
+            }
+            None => Some(
+                "UPDATE ServerInstance SET status = 'draining', drain_started_at = now(), \
+                 inflight_count = $2 WHERE id = $1",
+            ),
+        };
+        self.record(update, msg.in_flight, "drain_begin", details)
+    }
+}
+
+impl Handler<RecordTakeover> for DbActor {
+    type Result = ResponseFuture<Result<(), DbError>>;
+
+    /// status = active (it was, for the predecessor); a `takeover` event with both pids.
+    fn handle(&mut self, msg: RecordTakeover, _: &mut Context<Self>) -> Self::Result {
+        let details = serde_json::json!({
+            "pid": std::process::id(),
+            "predecessor_pid": msg.predecessor,
+        });
         self.record(
-            "UPDATE ServerInstance SET status = 'draining', drain_started_at = now(), \
-             inflight_count = $2 WHERE id = $1",
-            msg.in_flight,
-            "drain_begin",
+            Some("UPDATE ServerInstance SET status = 'active', inflight_count = $2 WHERE id = $1"),
+            0,
+            "takeover",
             details,
         )
     }
@@ -536,22 +576,27 @@ impl Handler<RecordDrainComplete> for DbActor {
         details.insert("success".into(), msg.success.into());
         details.insert("remaining_inflight".into(), msg.remaining.into());
         details.extend(msg.report);
+        let update = match msg.successor {
+            Some(successor) => {
+                details.insert("pid".into(), std::process::id().into());
+                details.insert("successor_pid".into(), successor.into());
+                None
+            }
+            None => Some(
+                "UPDATE ServerInstance SET status = 'stopped', drained_at = now(), \
+                 inflight_count = $2 WHERE id = $1",
+            ),
+        };
         let details = serde_json::Value::Object(details);
-        self.record(
-            "UPDATE ServerInstance SET status = 'stopped', drained_at = now(), \
-             inflight_count = $2 WHERE id = $1",
-            msg.remaining,
-            "drain_complete",
-            details,
-        )
+        self.record(update, msg.remaining, "drain_complete", details)
     }
 }
 
 impl DbActor {
-    /// One instance update and one event, in one transaction.
+    /// One instance update (if any) and one event, in one transaction.
     fn record(
         &self,
-        update: &'static str,
+        update: Option<&'static str>,
         inflight: usize,
         event: &'static str,
         details: serde_json::Value,
@@ -563,9 +608,11 @@ impl DbActor {
         Box::pin(async move {
             let mut client = pool.get().await.map_err(|e| redactor.pool(e))?;
             let tx = client.transaction().await.map_err(|e| redactor.query(&e))?;
-            tx.execute(update, &[&instance, &inflight])
-                .await
-                .map_err(|e| redactor.query(&e))?;
+            if let Some(update) = update {
+                tx.execute(update, &[&instance, &inflight])
+                    .await
+                    .map_err(|e| redactor.query(&e))?;
+            }
             tx.execute(
                 "INSERT INTO DrainEvent (instance_id, event_type, details) VALUES ($1, $2, $3)",
                 &[&instance, &event, &details],
