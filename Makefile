@@ -9,10 +9,10 @@ CARGO ?= cargo
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test check doc bench rolling-restart lint-deploy fmt clippy build clean
+.PHONY: help run test check doc bench rolling-restart hot-restart lint-deploy fmt clippy build clean
 
 # Fail early, with one line, when a cargo-based target is asked for without Rust.
-ifneq ($(filter run test check doc bench rolling-restart fmt clippy build clean,$(MAKECMDGOALS)),)
+ifneq ($(filter run test check doc bench rolling-restart hot-restart fmt clippy build clean,$(MAKECMDGOALS)),)
   ifeq ($(shell command -v $(CARGO) 2>/dev/null),)
     $(error $(CARGO) not found: install Rust with rustup, see https://rustup.rs)
   endif
@@ -48,6 +48,9 @@ bench: ## run the benchmarks (bench/run.sh)
 
 rolling-restart: ## the rolling-restart proof: 3 instances behind HAProxy and nginx, restarted under load (bench/rolling-restart.sh)
 	bash bench/rolling-restart.sh
+
+hot-restart: ## the hot-restart proof: 10 upgrades by socket handoff on one port under load (bench/hot-restart.sh)
+	bash bench/hot-restart.sh
 
 lint-deploy: ## check deploy/ with its own tools (kubernetes-validate, hadolint, systemd-analyze, haproxy -c, nginx -t)
 	bash scripts/lint-deploy.sh

@@ -30,7 +30,13 @@ Shutdown (see docs/operations.md):
   streams a retry and a reconnect event, pending polls 204 (GET /ws, /events, /poll).
 
 Service manager: with NOTIFY_SOCKET set (systemd's Type=notify), READY=1 is sent
-once the listener accepts and STOPPING=1 when a drain begins.
+once the listener accepts and STOPPING=1 when a drain begins; a successor sends
+MAINPID=<pid> and READY=1 at its commit point.
+
+Hot restart (see docs/operations.md): with CONTROL_SOCKET set, `drainer upgrade
+--control-socket <path>` (or a `drainer --takeover <path>` started by hand) takes
+the listening sockets over; the running instance drains without a delay
+(trigger takeover) while the successor accepts on the same sockets.
 
 Telemetry: each shutdown is one OpenTelemetry trace, exported over OTLP/HTTP
 when OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set
@@ -40,7 +46,8 @@ Exit codes:
   0  the drain completed: every admitted request got its real answer
   1  the drain was cut short (DRAIN_TIMEOUT_MS, a second SIGINT, or SIGQUIT)
   2  start-up failed (invalid configuration, port in use, database unreachable or
-     still starting up, a schema change blocked by a lock)";
+     still starting up, a schema change blocked by a lock, a takeover that failed
+     before its commit point)";
 
 use drainer_engine::persistent::defaults as persistent;
 use drainer_engine::supervisor::defaults;
