@@ -445,3 +445,58 @@ fn a_successor_not_ready_within_the_takeover_timeout_is_abandoned() {
     old.signal(libc::SIGTERM);
     assert_eq!(old.wait_exit(PATIENCE).0, 0);
 }
+
+#[test]
+fn the_service_manager_hears_the_successor_take_over_and_no_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let db = TestDb::create();
+    let dir = PrivateDir::new("notify");
+    let notify = dir.0.join("notify.sock");
+    let manager = UnixDatagram::bind(&notify).expect("bind the notify socket");
+    manager.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let notify = notify.to_string_lossy().into_owned();
+    let mut old = start_old(&db, &dir, &[("NOTIFY_SOCKET", notify.as_str())]);
+    let mut buf = [0u8; 256];
+    let n = manager.recv(&mut buf).expect("READY=1");
+    assert_eq!(&buf[..n], b"READY=1");
+
+    let upgrade = Command::new(env!("CARGO_BIN_EXE_drainer"))
+        .args(["upgrade", "--control-socket", &dir.socket()])
+        .output()
+        .expect("drainer upgrade");
+    assert_eq!(upgrade.status.code(), Some(0), "{upgrade:?}");
+    let said = String::from_utf8_lossy(&upgrade.stdout);
+    let pid = said
+        .trim()
+        .trim_start_matches("drainer upgrade: pid ")
+        .trim_end_matches(" took over")
+        .to_string();
+    let n = manager
+        .recv(&mut buf)
+        .expect("the successor's notification");
+    assert_eq!(
+        String::from_utf8_lossy(&buf[..n]),
+        format!("MAINPID={pid}\nREADY=1")
+    );
+    assert_eq!(old.wait_exit(PATIENCE).0, 0);
+    // A handoff is no stop: the old instance sent no STOPPING=1.
+    manager
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    assert!(
+        manager.recv(&mut buf).is_err(),
+        "nothing more, no STOPPING=1"
+    );
+    // The successor's own stop is one.
+    let pid: i32 = pid.parse().expect("pid");
+    // SAFETY: a plain kill of the successor the upgrade named.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    manager.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let n = manager.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    let deadline = Instant::now() + PATIENCE;
+    while std::path::Path::new(&dir.socket()).exists() {
+        assert!(Instant::now() < deadline, "the successor never exited");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
