@@ -40,16 +40,25 @@ stop_server() { # SIGTERM server_pid, wait up to 40 s, then SIGKILL; sets server
     server_rc=$reaped_rc
 }
 
-need_wrk() { # installs wrk with apt-get when it is missing and we are root; else says how
-    command -v wrk >/dev/null && return 0
+need_package() { # COMMAND PACKAGE: installs PACKAGE with apt-get when COMMAND is missing and we are root; else says how
+    command -v "$1" >/dev/null && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        say "installing wrk"
+        say "installing $2"
         export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y wrk >/dev/null || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; } ||
-            die "apt-get install wrk failed"
+        apt-get install -y "$2" >/dev/null || { apt-get update >/dev/null && apt-get install -y "$2" >/dev/null; } ||
+            die "apt-get install $2 failed"
     else
-        die "wrk not found: install it (Debian/Ubuntu: sudo apt-get install wrk; macOS: brew install wrk) and re-run"
+        die "$1 not found: install it (Debian/Ubuntu: sudo apt-get install $2) and re-run"
     fi
+}
+
+need_wrk() { need_package wrk wrk; }
+
+kill_quietly() { # PID...: SIGKILL each non-empty pid still running (for EXIT traps)
+    local pid
+    for pid in "$@"; do
+        if [ -n "$pid" ]; then kill -KILL "$pid" 2>/dev/null || true; fi
+    done
 }
 
 under_postgres() { # SCRIPT ARGS...: runs SCRIPT again under a throwaway PostgreSQL (no return)

@@ -51,12 +51,7 @@ log=$out/drainer.log
 first_pid=
 load_pid=
 current=
-cleanup() {
-    local pid
-    for pid in "$load_pid" "$current" "$first_pid"; do
-        [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
-    done
-}
+cleanup() { kill_quietly "$load_pid" "$current" "$first_pid"; }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM

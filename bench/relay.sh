@@ -55,10 +55,7 @@ redis_pid=
 declare -a crash_pids=() wrk_pids=()
 cleanup() {
     stop_server
-    local pid
-    for pid in "${wrk_pids[@]}" "${crash_pids[@]}"; do
-        kill -KILL "$pid" 2>/dev/null || true
-    done
+    kill_quietly "${wrk_pids[@]}" "${crash_pids[@]}"
     if [ -n "$redis_pid" ]; then
         kill -TERM "$redis_pid" 2>/dev/null || true
         wait "$redis_pid" 2>/dev/null || true

@@ -46,17 +46,6 @@ for b in $builds; do
     case $b in drainer | bare) ;; *) die "unknown build '$b' (drainer, bare)" ;; esac
 done
 
-need_package() { # COMMAND PACKAGE: installs PACKAGE with apt-get when COMMAND is missing and we are root
-    command -v "$1" >/dev/null && return 0
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        say "installing $2"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y "$2" >/dev/null || { apt-get update >/dev/null && apt-get install -y "$2" >/dev/null; } ||
-            die "apt-get install $2 failed"
-    else
-        die "$1 not found: install it (Debian/Ubuntu: sudo apt-get install $2) and re-run"
-    fi
-}
 case " $balancers " in *" haproxy"*) need_package haproxy haproxy ;; esac
 case " $balancers " in *" nginx "*) need_package nginx nginx-light ;; esac
 command -v psql >/dev/null || die "psql is required (Debian/Ubuntu: apt-get install postgresql-client)"
@@ -72,12 +61,7 @@ say "raw outputs and logs: $out"
 declare -a pids=() ports=()
 lb_pid=
 load_pid=
-cleanup() {
-    local pid
-    for pid in "$load_pid" "$lb_pid" "${pids[@]}"; do
-        [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
-    done
-}
+cleanup() { kill_quietly "$load_pid" "$lb_pid" "${pids[@]}"; }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM

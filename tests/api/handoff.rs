@@ -57,6 +57,40 @@ fn successor(db_url: &str, dir: &PrivateDir, env: &[(&str, &str)]) -> Server {
     spawn_args(&["--takeover", &socket], &all)
 }
 
+/// `drainer upgrade` on `dir`'s control socket: exit 0; answers the successor's pid.
+fn upgrade(dir: &PrivateDir) -> i32 {
+    let upgrade = Command::new(env!("CARGO_BIN_EXE_drainer"))
+        .args(["upgrade", "--control-socket", &dir.socket()])
+        .output()
+        .expect("drainer upgrade");
+    assert_eq!(upgrade.status.code(), Some(0), "{upgrade:?}");
+    let said = String::from_utf8_lossy(&upgrade.stdout);
+    said.trim()
+        .strip_prefix("drainer upgrade: pid ")
+        .and_then(|rest| rest.strip_suffix(" took over"))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {said:?}"))
+}
+
+/// Stops a successor `drainer upgrade` started (not this test's child:
+/// known by its pid) and waits until its terminal exit removed the socket.
+fn stop_upgraded(pid: i32, dir: &PrivateDir) {
+    // SAFETY: a plain kill of the successor the upgrade named.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + PATIENCE;
+    while std::path::Path::new(&dir.socket()).exists() {
+        assert!(Instant::now() < deadline, "the successor never exited");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The running instance still serves, then stops cleanly.
+fn serves_then_stops(old: &mut Server) {
+    assert_eq!(post_work(old.port, r#"{"name":"unmoved"}"#).status, 201);
+    old.signal(libc::SIGTERM);
+    assert_eq!(old.wait_exit(PATIENCE).0, 0);
+}
+
 /// Its `(socket inode N)`.
 fn inode(line: &str) -> String {
     line.split("(socket inode ")
@@ -244,29 +278,10 @@ fn a_successor_that_cannot_reach_the_database_exits_2_and_a_good_upgrade_then_su
     old.wait_for_log("aborted");
     assert_eq!(post_work(old.port, r#"{"name":"still-here"}"#).status, 201);
 
-    let upgrade = Command::new(env!("CARGO_BIN_EXE_drainer"))
-        .args(["upgrade", "--control-socket", &dir.socket()])
-        .output()
-        .expect("drainer upgrade");
-    assert_eq!(upgrade.status.code(), Some(0), "{upgrade:?}");
-    let said = String::from_utf8_lossy(&upgrade.stdout);
-    assert!(said.starts_with("drainer upgrade: pid "), "{said}");
+    let pid = upgrade(&dir);
     assert_eq!(old.wait_exit(PATIENCE).0, 0);
     assert_eq!(post_work(old.port, r#"{"name":"successor"}"#).status, 201);
-    // The successor the upgrade started: stop it through its pid.
-    let pid: i32 = said
-        .trim()
-        .trim_start_matches("drainer upgrade: pid ")
-        .trim_end_matches(" took over")
-        .parse()
-        .expect("pid");
-    // SAFETY: a plain kill of the successor the upgrade named.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = Instant::now() + PATIENCE;
-    while std::path::Path::new(&dir.socket()).exists() {
-        assert!(Instant::now() < deadline, "the successor never exited");
-        thread::sleep(Duration::from_millis(20));
-    }
+    stop_upgraded(pid, &dir);
 }
 
 /// A PostgreSQL that never answers: the successor hangs in start-up, past
@@ -422,9 +437,7 @@ fn another_protocol_version_is_refused() {
             .contains("protocol version 99; this instance speaks 1"),
         "{answer}"
     );
-    assert_eq!(post_work(old.port, r#"{"name":"unmoved"}"#).status, 201);
-    old.signal(libc::SIGTERM);
-    assert_eq!(old.wait_exit(PATIENCE).0, 0);
+    serves_then_stops(&mut old);
 }
 
 #[test]
@@ -441,9 +454,7 @@ fn a_successor_not_ready_within_the_takeover_timeout_is_abandoned() {
         slow.log()
     );
     old.wait_for_log("was not ready within 400 ms");
-    assert_eq!(post_work(old.port, r#"{"name":"unmoved"}"#).status, 201);
-    old.signal(libc::SIGTERM);
-    assert_eq!(old.wait_exit(PATIENCE).0, 0);
+    serves_then_stops(&mut old);
 }
 
 #[test]
@@ -460,17 +471,7 @@ fn the_service_manager_hears_the_successor_take_over_and_no_stopping() {
     let n = manager.recv(&mut buf).expect("READY=1");
     assert_eq!(&buf[..n], b"READY=1");
 
-    let upgrade = Command::new(env!("CARGO_BIN_EXE_drainer"))
-        .args(["upgrade", "--control-socket", &dir.socket()])
-        .output()
-        .expect("drainer upgrade");
-    assert_eq!(upgrade.status.code(), Some(0), "{upgrade:?}");
-    let said = String::from_utf8_lossy(&upgrade.stdout);
-    let pid = said
-        .trim()
-        .trim_start_matches("drainer upgrade: pid ")
-        .trim_end_matches(" took over")
-        .to_string();
+    let pid = upgrade(&dir);
     let n = manager
         .recv(&mut buf)
         .expect("the successor's notification");
@@ -488,15 +489,8 @@ fn the_service_manager_hears_the_successor_take_over_and_no_stopping() {
         "nothing more, no STOPPING=1"
     );
     // The successor's own stop is one.
-    let pid: i32 = pid.parse().expect("pid");
-    // SAFETY: a plain kill of the successor the upgrade named.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
     manager.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    stop_upgraded(pid, &dir);
     let n = manager.recv(&mut buf).expect("STOPPING=1");
     assert_eq!(&buf[..n], b"STOPPING=1");
-    let deadline = Instant::now() + PATIENCE;
-    while std::path::Path::new(&dir.socket()).exists() {
-        assert!(Instant::now() < deadline, "the successor never exited");
-        thread::sleep(Duration::from_millis(20));
-    }
 }
