@@ -211,7 +211,7 @@ pub struct Config {
     pub takeover: Option<std::path::PathBuf>,
 
     /// How long a successor may take to be ready before the takeover is abandoned (ms).
-    #[arg(long, env = "TAKEOVER_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "TAKEOVER_TIMEOUT_MS", default_value_t = drainer_engine::handoff::TAKEOVER_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub takeover_timeout_ms: u64,
 }
 

@@ -189,7 +189,7 @@ where
     // The port first: a second instance that cannot have it must never touch
     // the live instance's ServerInstance row. A successor never binds: it
     // takes the running instance's listeners.
-    let (listening, local, admin) = match &config.takeover {
+    let (mut listening, local, admin) = match &config.takeover {
         Some(path) => take_over(&config, path).await?,
         None => {
             let listener = drainer_engine::bind(addr).map_err(|source| match source.kind() {
@@ -238,7 +238,6 @@ where
         .map_err(|e| StartupError::Config(e.to_string()))?;
 
     let host = config.instance_host();
-    let mut listening = listening;
     let aborted = async {
         match &mut listening {
             // A takeover aborted while the database opens ends the successor now.

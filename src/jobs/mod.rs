@@ -62,10 +62,7 @@ pub fn register_database(engine: &mut Engine, db: Addr<DbActor>) {
         census.spawn(async move {
             let write = writer.send(RecordDrainBegin {
                 in_flight: begun.in_flight,
-                successor: match begun.trigger {
-                    drainer_engine::Trigger::Takeover { successor } => Some(successor),
-                    _ => None,
-                },
+                successor: begun.trigger.successor(),
             });
             match tokio::time::timeout(BEGIN_RECORD_TIMEOUT, write).await {
                 Ok(Ok(Ok(()))) => {}
@@ -202,10 +199,7 @@ async fn close_database(
         None => (false, 0),
     };
     let complete = RecordDrainComplete {
-        successor: match ctx.order.trigger {
-            drainer_engine::Trigger::Takeover { successor } => Some(successor),
-            _ => None,
-        },
+        successor: ctx.order.trigger.successor(),
         success,
         remaining,
         report: report.fields(),

@@ -2,7 +2,7 @@
 //! `type`, and the listeners' descriptors attached to one of them.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
@@ -22,6 +22,19 @@ pub struct Channel {
 /// A message's `type`.
 pub fn kind(message: &Value) -> &str {
     message.get("type").and_then(Value::as_str).unwrap_or("")
+}
+
+/// A message's `reason` (a refusal's, an abort's), or "".
+pub fn reason(message: &Value) -> &str {
+    message.get("reason").and_then(Value::as_str).unwrap_or("")
+}
+
+/// A message's `pid`.
+pub fn pid(message: &Value) -> Option<u32> {
+    message
+        .get("pid")
+        .and_then(Value::as_u64)
+        .and_then(|p| u32::try_from(p).ok())
 }
 
 impl Channel {
@@ -110,14 +123,8 @@ impl Channel {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("not a message: {e}")))
     }
 
-    /// The peer's process, as the kernel says (`SO_PEERCRED`).
-    pub fn peer(&self) -> io::Result<(u32, Option<i32>)> {
-        let cred = self.stream.peer_cred()?;
-        Ok((cred.uid(), cred.pid()))
-    }
-
-    /// The raw socket, for checks.
-    pub fn raw_fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
+    /// The peer's user, as the kernel says (`SO_PEERCRED`).
+    pub fn peer_uid(&self) -> io::Result<u32> {
+        Ok(self.stream.peer_cred()?.uid())
     }
 }

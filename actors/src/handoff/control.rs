@@ -20,7 +20,7 @@ use log::{error, info, warn};
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 
-use super::channel::{kind, Channel};
+use super::channel::{kind, pid, reason, Channel};
 use super::{Handover, PROTOCOL};
 use crate::drain::DrainState;
 use crate::supervisor::HandedOver;
@@ -131,9 +131,9 @@ fn refuse_line(reason: &str) -> Value {
 async fn connection(mut channel: Channel, shared: Rc<Shared>) {
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
-    match channel.peer() {
-        Ok((uid, _)) if uid == me => {}
-        Ok((uid, _)) => {
+    match channel.peer_uid() {
+        Ok(uid) if uid == me => {}
+        Ok(uid) => {
             warn!("control socket: a connection from uid {uid} refused");
             let _ = channel.send(&refuse_line("another user")).await;
             return;
@@ -162,11 +162,7 @@ async fn connection(mut channel: Channel, shared: Rc<Shared>) {
     }
     match kind(&hello) {
         "takeover" => {
-            let pid = hello
-                .get("pid")
-                .and_then(Value::as_u64)
-                .and_then(|p| u32::try_from(p).ok())
-                .unwrap_or(0);
+            let pid = pid(&hello).unwrap_or(0);
             takeover(channel, pid, &shared).await;
         }
         "upgrade" => upgrade(channel, &shared).await,
@@ -276,11 +272,7 @@ async fn takeover(mut channel: Channel, pid: u32, shared: &Shared) {
     let waited = tokio::select! {
         message = tokio::time::timeout(shared.settings.timeout, channel.recv()) => match message {
             Ok(Ok(Some(m))) if kind(&m) == "ready" => Ok(()),
-            Ok(Ok(Some(m))) => Err(format!(
-                "the successor said {:?}: {}",
-                kind(&m),
-                m.get("reason").and_then(Value::as_str).unwrap_or("")
-            )),
+            Ok(Ok(Some(m))) => Err(format!("the successor said {:?}: {}", kind(&m), reason(&m))),
             Ok(Ok(None)) => Err("the successor went away before it was ready".to_string()),
             Ok(Err(e)) => Err(format!("the control connection failed: {e}")),
             Err(_) => {

@@ -79,6 +79,12 @@ impl Handover {
         let _ = released.wait_for(|released| *released).await;
     }
 
+    /// Whether the loops may accept: from the start, or from a successor's
+    /// commit point (never, for a successor whose takeover failed).
+    pub fn is_open(&self) -> bool {
+        *self.0.open.borrow()
+    }
+
     /// Whether the listeners were handed to a successor.
     pub fn is_released(&self) -> bool {
         *self.0.released.borrow()

@@ -58,9 +58,12 @@ pub use successor::Successor;
 /// The protocol's version; a peer speaking another is refused.
 pub const PROTOCOL: u64 = 1;
 
-/// How long a successor may take to say `ready`, by default (it must open
-/// the database within `DB_CONNECT_TIMEOUT_MS` first).
-pub const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a successor may take to say `ready`, by default, in ms (it must
+/// open the database within `DB_CONNECT_TIMEOUT_MS` first).
+pub const TAKEOVER_TIMEOUT_MS: u64 = 30_000;
+
+/// [`TAKEOVER_TIMEOUT_MS`] as a duration.
+pub const TAKEOVER_TIMEOUT: Duration = Duration::from_millis(TAKEOVER_TIMEOUT_MS);
 
 /// The listening socket's inode, as the log names it (` (socket inode N)`):
 /// the same number in every generation proves the socket was never rebound.

@@ -11,7 +11,7 @@ use log::info;
 use serde_json::{json, Value};
 use tokio::net::UnixStream;
 
-use super::channel::{kind, Channel};
+use super::channel::{kind, pid, reason, Channel};
 use super::{ControlSocket, HandoffError, PROTOCOL};
 
 /// See the module documentation.
@@ -71,10 +71,7 @@ impl Successor {
             .ok_or_else(|| protocol("the running instance closed the control connection"))?;
         match kind(&message) {
             "listeners" => {}
-            "refused" => {
-                let reason = message.get("reason").and_then(Value::as_str).unwrap_or("");
-                return Err(HandoffError::Refused(reason.to_string()));
-            }
+            "refused" => return Err(HandoffError::Refused(reason(&message).to_string())),
             other => return Err(protocol(format!("unexpected message {other:?}"))),
         }
         let proto = message.get("proto").and_then(Value::as_u64);
@@ -84,11 +81,7 @@ impl Successor {
                 "protocol version {said}; this instance speaks {PROTOCOL}"
             )));
         }
-        let predecessor = message
-            .get("pid")
-            .and_then(Value::as_u64)
-            .and_then(|p| u32::try_from(p).ok())
-            .ok_or_else(|| protocol("no pid in listeners"))?;
+        let predecessor = pid(&message).ok_or_else(|| protocol("no pid in listeners"))?;
         let names: Vec<&Value> = message
             .get("listeners")
             .and_then(Value::as_array)
@@ -145,22 +138,26 @@ impl Successor {
     /// the database), so an abort ends the successor at once. Nothing else
     /// arrives before `ready`, so nothing is lost by dropping it.
     pub async fn interrupted(&mut self) -> HandoffError {
-        match self.channel.recv().await {
-            Ok(Some(message)) if kind(&message) == "abort" => {
-                let reason = message.get("reason").and_then(Value::as_str).unwrap_or("");
-                HandoffError::Aborted(reason.to_string())
-            }
-            Ok(Some(message)) => protocol(format!("unexpected message {:?}", kind(&message))),
-            Ok(None) => protocol("the running instance closed the control connection"),
-            Err(e) => protocol(e),
+        not_committed(self.channel.recv().await)
+    }
+}
+
+/// What the running instance said instead of `committed`, as an error.
+fn not_committed(received: std::io::Result<Option<Value>>) -> HandoffError {
+    match received {
+        Ok(Some(message)) if kind(&message) == "abort" => {
+            HandoffError::Aborted(reason(&message).to_string())
         }
+        Ok(Some(message)) => protocol(format!("unexpected message {:?}", kind(&message))),
+        Ok(None) => protocol("the running instance closed the control connection"),
+        Err(e) => protocol(e),
     }
 }
 
 /// Says `ready` and waits for the commit point: `Ok` once `committed` (or
 /// once the predecessor is gone: its descriptors were ours already), `Err`
 /// with the reason otherwise.
-pub(crate) async fn commit(channel: &mut Channel, predecessor: u32) -> Result<(), HandoffError> {
+async fn commit(channel: &mut Channel, predecessor: u32) -> Result<(), HandoffError> {
     let me = std::process::id();
     channel
         .send(&json!({"type": "ready", "pid": me}))
@@ -168,22 +165,35 @@ pub(crate) async fn commit(channel: &mut Channel, predecessor: u32) -> Result<()
         .map_err(protocol)?;
     match channel.recv().await {
         Ok(Some(message)) if kind(&message) == "committed" => Ok(()),
-        Ok(Some(message)) if kind(&message) == "abort" => {
-            let reason = message.get("reason").and_then(Value::as_str).unwrap_or("");
-            Err(HandoffError::Aborted(reason.to_string()))
-        }
-        Ok(Some(message)) => Err(protocol(format!("unexpected message {:?}", kind(&message)))),
         Ok(None) | Err(_) if !alive(predecessor) => {
             info!("takeover: pid {predecessor} is gone before confirming; taking over");
             Ok(())
         }
-        Ok(None) => Err(protocol(
-            "the running instance closed the control connection",
-        )),
-        Err(e) => Err(protocol(e)),
+        other => Err(not_committed(other)),
     }
 }
 
+/// The successor's side of the commit point, once it is ready on `local`:
+/// says `ready`, and once `committed` opens the accept loops, tells the
+/// service manager (`MAINPID=`, `READY=1`) and calls `on_committed` with the
+/// predecessor's pid. An error means nothing was accepted.
+pub(crate) async fn serve_when_committed(
+    mut channel: Channel,
+    predecessor: u32,
+    handover: super::Handover,
+    local: std::net::SocketAddr,
+    on_committed: Vec<Box<dyn FnOnce(u32)>>,
+) -> Result<(), HandoffError> {
+    commit(&mut channel, predecessor).await?;
+    super::test_accept_delay().await;
+    handover.open();
+    info!("takeover committed: listening on {local} (predecessor pid {predecessor})");
+    crate::notify::send(&format!("MAINPID={}\nREADY=1", std::process::id()));
+    for committed in on_committed {
+        committed(predecessor);
+    }
+    Ok(())
+}
 /// Whether process `pid` exists.
 fn alive(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {

@@ -85,6 +85,9 @@ pub struct Server<F> {
 struct Takeover {
     channel: crate::handoff::channel::Channel,
     predecessor: u32,
+    /// The predecessor's admin listener, unless the caller gave it to its
+    /// engine itself; given to the engine [`Server::run`] runs.
+    admin: Option<std::net::TcpListener>,
 }
 
 /// How long an idle connection stays open while serving normally, by
@@ -132,13 +135,11 @@ where
     /// [`StartError::Handoff`].
     pub fn takeover(mut self, successor: Successor, settings: HandoffSettings) -> Self {
         self.listener = Some(successor.http);
-        if let Some(admin) = successor.admin {
-            self.engine.admin(admin);
-        }
         self.control = Some((successor.control, settings));
         self.takeover = Some(Takeover {
             channel: successor.channel,
             predecessor: successor.predecessor,
+            admin: successor.admin,
         });
         self
     }
@@ -260,10 +261,13 @@ where
             addr: "the listener".into(),
             source,
         })?;
-        let takeover = self.takeover.take();
+        let mut takeover = self.takeover.take();
         let listener_fd = listener.as_raw_fd();
-        if takeover.is_some() {
+        if let Some(takeover) = &mut takeover {
             self.engine.handover = Handover::closed();
+            if let Some(admin) = takeover.admin.take() {
+                self.engine.admin(admin);
+            }
         }
         let handover = self.engine.handover.clone();
         // What a successor would be handed: descriptors the accept loops own.
@@ -271,15 +275,19 @@ where
             None => None,
             Some((socket, settings)) => {
                 let listeners = Listeners {
-                    http: (listener.as_raw_fd(), describe(&listener)),
+                    http: (listener_fd, describe(&listener)),
                     admin: self
                         .engine
                         .admin_listener()
                         .map(|l| (l.as_raw_fd(), describe(l))),
                     control: (socket.raw_fd(), socket.path().to_path_buf(), socket.file()),
                 };
+                let path = socket.path().display().to_string();
                 let (unix, remover) = socket.into_tokio().map_err(|e| {
-                    StartError::Handoff(crate::handoff::HandoffError::Protocol(e.to_string()))
+                    StartError::Handoff(crate::handoff::HandoffError::Socket {
+                        path,
+                        reason: e.to_string(),
+                    })
                 })?;
                 Some((unix, remover, listeners, settings))
             }
@@ -312,92 +320,83 @@ where
             }
             None => (None, None),
         };
-        let inherited = takeover.is_some();
         let run = self.engine.run(move |core| {
-                let setup = WorkerSetup {
-                    factory,
-                    data: EngineData {
-                        admission: core.admission.clone(),
-                        state: core.state.clone(),
-                        probes,
-                        readiness,
-                        on_engine_answer,
-                        client_request_timeout,
-                        metrics: core.metrics.clone(),
-                        changed: core.coordinator.clone().recipient(),
-                        handover: core.handover.clone(),
-                    },
-                    local,
+            let setup = WorkerSetup {
+                factory,
+                data: EngineData {
+                    admission: core.admission.clone(),
+                    state: core.state.clone(),
+                    probes,
+                    readiness,
+                    on_engine_answer,
+                    client_request_timeout,
+                    metrics: core.metrics.clone(),
+                    changed: core.coordinator.clone().recipient(),
+                    handover: core.handover.clone(),
+                },
+                local,
+                census: core.census.clone(),
+                keep_alive,
+                persistence: crate::persistent::Persistence {
+                    farewell: core.farewell.clone(),
+                    tally: core.tally.clone(),
+                    settings: core.persistent,
+                    changed: core.coordinator.clone().recipient(),
+                    metrics: core.metrics.clone(),
                     census: core.census.clone(),
-                    keep_alive,
-                    persistence: crate::persistent::Persistence {
-                        farewell: core.farewell.clone(),
-                        tally: core.tally.clone(),
-                        settings: core.persistent,
-                        changed: core.coordinator.clone().recipient(),
-                        metrics: core.metrics.clone(),
-                        census: core.census.clone(),
-                    },
-                };
-                let transport = super::start(listener, core, setup, workers);
-                if let Some((unix, listeners, settings)) = serve_control {
-                    let (core2, handover) = (core.clone(), core.handover.clone());
-                    core.census.spawn(crate::handoff::control::serve(
-                        unix, core2, handover, listeners, settings,
-                    ));
+                },
+            };
+            let transport = super::start(listener, core, setup, workers);
+            if let Some((unix, listeners, settings)) = serve_control {
+                let (core2, handover) = (core.clone(), core.handover.clone());
+                core.census.spawn(crate::handoff::control::serve(
+                    unix, core2, handover, listeners, settings,
+                ));
+            }
+            match takeover {
+                None => {
+                    info!(
+                        "listening on {local} with {workers} worker(s){}",
+                        crate::handoff::inode_note(listener_fd)
+                    );
+                    crate::notify::ready();
                 }
-                match takeover {
-                    None => {
-                        info!(
-                            "listening on {local} with {workers} worker(s){}",
-                            crate::handoff::inode_note(listener_fd)
-                        );
-                        crate::notify::ready();
-                    }
-                    Some(Takeover {
-                        mut channel,
-                        predecessor,
-                    }) => {
-                        info!(
-                            "takeover: ready on {local} with {workers} worker(s){}; \
+                Some(Takeover {
+                    channel,
+                    predecessor,
+                    ..
+                }) => {
+                    info!(
+                        "takeover: ready on {local} with {workers} worker(s){}; \
                              waiting for pid {predecessor} to stop accepting",
-                            crate::handoff::inode_note(listener_fd)
-                        );
-                        let handover = core.handover.clone();
-                        core.census.spawn(async move {
-                            match crate::handoff::successor::commit(&mut channel, predecessor).await {
-                                Ok(()) => {
-                                    crate::handoff::test_accept_delay().await;
-                                    handover.open();
-                                    info!("takeover committed: listening on {local} (predecessor pid {predecessor})");
-                                    crate::notify::send(&format!(
-                                        "MAINPID={}\nREADY=1",
-                                        std::process::id()
-                                    ));
-                                    for committed in on_committed {
-                                        committed(predecessor);
-                                    }
-                                }
-                                Err(e) => {
-                                    let _ = failed_tx.send(e);
-                                }
-                            }
-                        });
-                    }
+                        crate::handoff::inode_note(listener_fd)
+                    );
+                    let committed = crate::handoff::successor::serve_when_committed(
+                        channel,
+                        predecessor,
+                        core.handover.clone(),
+                        local,
+                        on_committed,
+                    );
+                    core.census.spawn(async move {
+                        if let Err(e) = committed.await {
+                            let _ = failed_tx.send(e);
+                        }
+                    });
                 }
-                transport
-            });
+            }
+            transport
+        });
         let result = tokio::select! {
             report = run => report,
             Ok(e) = failed => Err(StartError::Handoff(e)),
         };
         // The control socket's path goes with a terminal exit of the process
         // that bound it or last inherited it — not with a handoff, nor with a
-        // successor's failed takeover (the path is the running instance's).
+        // successor's failed takeover, which never opened (the path is the
+        // running instance's).
         if let Some(remover) = remover {
-            let handed_over = handover.is_released();
-            let failed_takeover = inherited && result.is_err();
-            if !handed_over && !failed_takeover {
+            if handover.is_open() && !handover.is_released() {
                 remover.remove();
             }
         }

@@ -293,7 +293,7 @@ impl Supervisor {
         };
         info!("draining server");
         // A handoff is not a stop: the service manager's main process is the successor now.
-        if !matches!(order.trigger, Trigger::Takeover { .. }) {
+        if order.trigger.successor().is_none() {
             crate::notify::stopping();
         }
         // Sent now, so readiness turns 503 before anything else happens; its
@@ -417,7 +417,7 @@ impl Supervisor {
         let draining = exiting_before || (!active && !prestop);
         self.request_exit(ExitRule::Outcome);
         let (mut delay, timeout) = (self.settings.shutdown_delay, self.settings.drain_timeout);
-        if matches!(trigger, Trigger::Takeover { .. }) {
+        if trigger.successor().is_some() {
             // No load balancer to tell: the successor accepts already.
             delay = Duration::ZERO;
         }

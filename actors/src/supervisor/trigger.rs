@@ -28,6 +28,16 @@ pub enum Trigger {
     },
 }
 
+impl Trigger {
+    /// The successor's pid, when a takeover began the shutdown.
+    pub fn successor(self) -> Option<u32> {
+        match self {
+            Trigger::Takeover { successor } => Some(successor),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for Trigger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
