@@ -71,3 +71,26 @@ under_postgres() { # SCRIPT ARGS...: runs SCRIPT again under a throwaway Postgre
     export PG_DURABLE=${PG_DURABLE:-1}
     exec bash scripts/with-postgres.sh bash "$@"
 }
+
+wait_ready() { # PORT PID WHAT LOG SECONDS: until http://127.0.0.1:PORT/readyz answers 200; dies if PID exits first or after SECONDS
+    local n
+    for ((n = 0; n < $5 * 20; n++)); do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/readyz")" = 200 ] && return 0
+        kill -0 "$2" 2>/dev/null || die "$3 exited at start (see $4)"
+        sleep 0.05
+    done
+    die "$3 not ready within $5 s (see $4)"
+}
+
+truncate_jobs() { # empties the jobs table of $DATABASE_URL, if it exists yet
+    psql -X -At -q "$DATABASE_URL" \
+        -c "DO \$\$ BEGIN IF to_regclass('jobs') IS NOT NULL THEN TRUNCATE jobs; END IF; END \$\$" >/dev/null
+}
+
+missing_jobs() { # IDS_FILE: prints how many of its job ids (one per line) the jobs table lacks
+    psql -X -At -q "$DATABASE_URL" <<SQL
+CREATE TEMP TABLE acked (id uuid);
+\copy acked FROM '$1'
+SELECT count(*) FROM acked a WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = a.id);
+SQL
+}

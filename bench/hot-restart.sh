@@ -77,17 +77,12 @@ exited() { # N SECONDS: waits until N generations have logged their exit
 }
 
 port=$(free_port)
-sql_truncate="DO \$\$ BEGIN IF to_regclass('jobs') IS NOT NULL THEN TRUNCATE jobs; END IF; END \$\$"
-psql -X -At -q "$DATABASE_URL" -c "$sql_truncate" >/dev/null
+truncate_jobs
 env PORT="$port" BIND_ADDRESS=127.0.0.1 CONTROL_SOCKET="$socket" RUST_LOG=info \
     "$bin/drainer" >"$log" 2>&1 &
 first_pid=$!
 current=$first_pid
-for ((i = 0; i < 400; i++)); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz")" = 200 ] && break
-    kill -0 "$first_pid" 2>/dev/null || die "drainer exited at start (see $log)"
-    sleep 0.05
-done
+wait_ready "$port" "$first_pid" drainer "$log" 20
 load0=$(now_ms)
 "$bin/persistent-load" work --addr "127.0.0.1:$port" --connections "$connections" \
     --fresh $((connections / 2)) --ids-file "$out/ids" --timeline-file "$out/timeline.tsv" \
@@ -120,12 +115,7 @@ gone "$current" 60 || true
 current=
 wait "$first_pid" 2>/dev/null || true
 first_pid=
-missing=$(psql -X -At -q "$DATABASE_URL" <<SQL
-CREATE TEMP TABLE acked (id uuid);
-\copy acked FROM '$out/ids'
-SELECT count(*) FROM acked a WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = a.id);
-SQL
-)
+missing=$(missing_jobs "$out/ids")
 events=$(psql -X -At "$DATABASE_URL" -c "SELECT event_type || ':' || count(*) FROM drainevent GROUP BY event_type ORDER BY 1" | paste -sd' ')
 status=$(psql -X -At "$DATABASE_URL" -c "SELECT string_agg(status, ',') FROM serverinstance")
 

@@ -181,12 +181,7 @@ start_instance() { # $1 index: (re)starts instance $1 on its ports
         REDIS_URL="redis://127.0.0.1:$redis_port" LOCK_NAME=crash LOCK_TTL_MS="$crash_ttl" \
         "$drainer" >>"$out/crash-$1.log" 2>&1 &
     crash_pids[$1]=$!
-    local i
-    for ((i = 0; i < 200; i++)); do
-        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${ports[$1]}/readyz")" = 200 ] && return 0
-        sleep 0.05
-    done
-    die "instance $1 did not become ready (see $out/crash-$1.log)"
+    wait_ready "${ports[$1]}" "${crash_pids[$1]}" "instance $1" "$out/crash-$1.log" 10
 }
 holder() { # prints the index of the instance holding the lease, if any
     local i

@@ -66,11 +66,10 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-sql() { psql -X -At "$DATABASE_URL" -c "$1"; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 start_instance() { # BUILD INDEX: starts instance INDEX on its port, waits until it is ready
-    local build=$1 i=$2 n
+    local build=$1 i=$2
     if [ "$build" = drainer ]; then
         env PORT="${ports[$i]}" BIND_ADDRESS=127.0.0.1 SHUTDOWN_DELAY_MS=$delay_ms RUST_LOG=warn \
             "$bin/drainer" >>"$run_dir/instance-$i.log" 2>&1 &
@@ -78,12 +77,7 @@ start_instance() { # BUILD INDEX: starts instance INDEX on its port, waits until
         env PORT="${ports[$i]}" "$bin/bare" >>"$run_dir/instance-$i.log" 2>&1 &
     fi
     pids[i]=$!
-    for ((n = 0; n < 400; n++)); do
-        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${ports[$i]}/readyz")" = 200 ] && return 0
-        kill -0 "${pids[$i]}" 2>/dev/null || die "instance $i ($build) exited at start (see $run_dir/instance-$i.log)"
-        sleep 0.05
-    done
-    die "instance $i ($build) not ready within 20 s (see $run_dir/instance-$i.log)"
+    wait_ready "${ports[$i]}" "${pids[$i]}" "instance $i ($build)" "$run_dir/instance-$i.log" 20
 }
 
 render() { # BALANCER FRONT-PORT: writes the balancer's configuration into $run_dir
@@ -114,12 +108,7 @@ start_balancer() { # BALANCER FRONT-PORT
         ;;
     esac
     lb_pid=$!
-    local n
-    for ((n = 0; n < 200; n++)); do
-        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$2/readyz")" = 200 ] && break
-        kill -0 "$lb_pid" 2>/dev/null || die "$1 exited at start (see $run_dir/lb.log)"
-        sleep 0.05
-    done
+    wait_ready "$2" "$lb_pid" "$1" "$run_dir/lb.log" 10
     # Every server up: HAProxy's rise 2 x inter 300 ms from its first check.
     sleep 1
 }
@@ -129,7 +118,7 @@ run_one() { # BALANCER BUILD: one run; writes $run_dir/{load.json,restarts.tsv,m
     run_dir=$out/$balancer-$build
     mkdir -p "$run_dir"
     : >"$run_dir/restarts.tsv"
-    sql "DO \$\$ BEGIN IF to_regclass('jobs') IS NOT NULL THEN TRUNCATE jobs; END IF; END \$\$" >/dev/null
+    truncate_jobs
     for i in 0 1 2; do
         ports[i]=$(free_port)
         start_instance "$build" "$i"
@@ -166,11 +155,7 @@ run_one() { # BALANCER BUILD: one run; writes $run_dir/{load.json,restarts.tsv,m
         reap "${pids[$i]}" 70 "instance $i (at the end)"
     done
     pids=()
-    psql -X -At -q "$DATABASE_URL" <<SQL >"$run_dir/missing"
-CREATE TEMP TABLE acked (id uuid);
-\copy acked FROM '$run_dir/ids'
-SELECT count(*) FROM acked a WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = a.id);
-SQL
+    missing_jobs "$run_dir/ids" >"$run_dir/missing"
 }
 
 for balancer in $balancers; do
