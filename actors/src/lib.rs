@@ -65,6 +65,7 @@
 //!                               └──StopActor──▶ owned components                                          │
 //!  transport ──TransportDrain / TransportEnded──▶ Supervisor                                              │
 //!  admin listener ──PreStop──▶ Supervisor                                                                 │
+//!  control socket (a takeover committed) ──HandedOver──▶ Supervisor                                       │
 //!  request ──Admission::admit (an atomic, no message)──▶ Permit ──dropped──▶ gate (last one: GateEmptied)─┤
 //!  ConnGuard::register / drop ──ConnectionOpened / ConnectionClosed───────────────────────────────────────┘
 //! ```
